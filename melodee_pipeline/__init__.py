@@ -1,0 +1,1 @@
+"""melodee-pipeline: moves new music from Melodee's inbound library into staging."""

@@ -1,0 +1,15 @@
+"""The Dagster code location: `defs` (workspace.yaml loads this module)."""
+
+import dagster as dg
+
+from melodee_pipeline.orchestration.job import staging_scan_job
+from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
+from melodee_pipeline.orchestration.sensor import staging_scan_sensor
+
+_database = MelodeeDatabase()
+
+defs = dg.Definitions(
+    jobs=[staging_scan_job],
+    sensors=[staging_scan_sensor],
+    resources={"database": _database, "staging_lock": StagingRunLock(database=_database)},
+)

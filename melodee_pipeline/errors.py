@@ -1,0 +1,23 @@
+"""Errors a user can act on. The CLI prints them as one `error: ...` line; Dagster fails the run with them."""
+
+
+class UserError(Exception):
+    """Bad input or environment: a setting, a library, a path, an unreachable database."""
+
+
+class SettingError(UserError):
+    def __init__(self, key: str, value: object, reason: str):
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"invalid setting {key} = {value!r}: {reason}")
+
+
+class LibraryError(UserError):
+    pass
+
+
+class DatabaseUnavailable(UserError):
+    pass
+
+
+class StagingLocked(UserError):
+    """Another staging run holds the advisory lock."""

@@ -1,0 +1,79 @@
+"""staging_scan_sensor (SPEC §9): turns the cron schedule stored in Postgres into runs.
+
+The cursor is the time of the previous evaluation. A run is requested when a cron tick falls in
+(cursor, now]; only the latest such tick counts, so a daemon that was down for hours catches up
+with one run, and ticks that pass while the scan is disabled (the cursor still advances) with none.
+"""
+
+
+from datetime import datetime, timezone
+from typing import Optional
+
+import dagster as dg
+from croniter import croniter
+
+from melodee_pipeline.errors import UserError
+from melodee_pipeline.libraries import resolve_libraries
+from melodee_pipeline.orchestration.job import CONCURRENCY_TAG, JOB_NAME, staging_scan_job
+from melodee_pipeline.orchestration.resources import MelodeeDatabase
+from melodee_pipeline.settings import StagingScanSettings, load_settings
+
+ACTIVE = [
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+]
+
+
+def latest_due_tick(schedule: str, after: datetime, now: datetime) -> Optional[datetime]:
+    """The last cron tick in (after, now], in UTC, or None."""
+    tick = croniter(schedule, now).get_prev(datetime)
+    return tick if tick > after else None
+
+
+def run_config(settings: StagingScanSettings) -> dict:
+    return {"ops": {"scan_inbound": {"config": {
+        "dry_run": settings.dry_run, "workers": settings.workers,
+        "rate_limit": settings.rate_limit, "scan_db_data_path": settings.scan_db_data_path,
+    }}}}
+
+
+def evaluate(context: dg.SensorEvaluationContext, database: MelodeeDatabase, now: datetime):
+    try:
+        with database.engine().connect() as conn:
+            settings = load_settings(conn)
+            if not settings.enabled:
+                return dg.SkipReason("staging_scan.enabled is false")
+            libs = resolve_libraries(conn)
+    except UserError as exc:
+        return dg.SkipReason(str(exc))
+    if libs.locked:
+        lib = libs.locked
+        return dg.SkipReason(f"{lib.type} library {lib.name!r} (id {lib.id}) is locked")
+    if context.cursor is None:
+        return dg.SkipReason(f"sensor started; ticks of '{settings.schedule}' count from {now:%Y-%m-%d %H:%M:%S} UTC")
+    tick = latest_due_tick(settings.schedule, datetime.fromisoformat(context.cursor), now)
+    if tick is None:
+        upcoming = croniter(settings.schedule, now).get_next(datetime)
+        return dg.SkipReason(f"no tick of '{settings.schedule}' due; next at {upcoming:%Y-%m-%d %H:%M} UTC")
+    active = context.instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME, statuses=ACTIVE), limit=1)
+    if active:
+        run = active[0].dagster_run
+        return dg.SkipReason(f"tick {tick:%Y-%m-%d %H:%M} UTC skipped: run {run.run_id} of {JOB_NAME} is still {run.status.value}")
+    return dg.RunRequest(
+        run_key=tick.isoformat(),
+        run_config=run_config(settings),
+        tags={**CONCURRENCY_TAG, "melodee/tick": tick.isoformat()},
+    )
+
+
+@dg.sensor(
+    job=staging_scan_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches staging_scan_job on the cron schedule in the staging_scan.* settings.",
+)
+def staging_scan_sensor(context: dg.SensorEvaluationContext, database: MelodeeDatabase):
+    now = datetime.now(timezone.utc)
+    result = evaluate(context, database, now)
+    context.update_cursor(now.isoformat())
+    return result

@@ -1,0 +1,114 @@
+"""The scan database (SPEC §5): one SQLite file per run, its working set and audit trail.
+
+`scanned_files` keeps the columns of the original Go scanner. The other tables record what later
+ops decided and did, so any op can be re-executed from the scan DB alone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from melodee_pipeline.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scanned_files (
+    id INTEGER PRIMARY KEY,
+    file_path TEXT NOT NULL UNIQUE,      -- display form (undecodable bytes backslash-escaped)
+    path_bytes BLOB NOT NULL,            -- the exact file name, used for every file operation
+    file_size INTEGER,
+    file_hash TEXT,
+    modified_time TEXT,
+    artist TEXT, album_artist TEXT, album TEXT, title TEXT,
+    track_number INTEGER, disc_number INTEGER, year INTEGER, genre TEXT,
+    duration INTEGER, bitrate INTEGER, sample_rate INTEGER,
+    is_valid INTEGER NOT NULL,
+    validation_error TEXT,
+    album_group_hash TEXT,
+    album_group_id TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scanned_files_group ON scanned_files(album_group_id);
+CREATE TABLE IF NOT EXISTS scan_info (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS skipped (
+    path TEXT PRIMARY KEY, reason TEXT NOT NULL, file_count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS albums (
+    album_group_id TEXT PRIMARY KEY,
+    artist TEXT, album TEXT, year INTEGER,
+    staging_dir TEXT, status TEXT, error TEXT,
+    tracks INTEGER, moved INTEGER, already_staged INTEGER, failed INTEGER, renamed INTEGER,
+    total_size INTEGER, warnings TEXT, dry_run INTEGER
+);
+CREATE TABLE IF NOT EXISTS staged_files (
+    file_id INTEGER PRIMARY KEY REFERENCES scanned_files(id),
+    album_group_id TEXT, destination TEXT, action TEXT, error TEXT
+);
+"""
+
+PREFIX = "scan_"
+
+
+def connect(path: str | os.PathLike) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def open_existing(path: str | os.PathLike) -> sqlite3.Connection:
+    if not os.path.isfile(path):
+        raise UserError(f"scan database {path} does not exist")
+    conn = connect(path)
+    if get_info(conn, "scan_id") is None:
+        raise UserError(f"{path} is not a scan database written by melodee-pipeline")
+    return conn
+
+
+def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
+    """Create a new, empty scan DB in `directory`; returns (scan_id, path)."""
+    now = now or datetime.now(timezone.utc)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"scan DB directory {directory} cannot be created: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UserError(f"scan DB directory {directory} is not writable")
+    scan_id = f"{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+    path = os.path.join(directory, f"{PREFIX}{scan_id}.db")
+    try:
+        conn = connect(path)
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot create scan DB {path}: {exc}") from None
+    with conn:
+        set_info(conn, scan_id=scan_id, created_at=now.isoformat())
+    conn.close()
+    return scan_id, path
+
+
+def prune(directory: str, keep: int) -> list[str]:
+    """Delete all but the newest `keep` scan DBs (names sort by time)."""
+    dbs = sorted(p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file())
+    removed = []
+    for p in dbs[: max(0, len(dbs) - keep)]:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(p) + suffix).unlink(missing_ok=True)
+        removed.append(str(p))
+    return removed
+
+
+def set_info(conn: sqlite3.Connection, **values: object) -> None:
+    conn.executemany(
+        "INSERT INTO scan_info(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [(k, None if v is None else str(v)) for k, v in values.items()],
+    )
+
+
+def get_info(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM scan_info WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None

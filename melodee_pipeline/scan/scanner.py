@@ -1,0 +1,95 @@
+"""scan_inbound (SPEC §5): walk inbound, read every media file in parallel, write the scan DB."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from melodee_pipeline.parallel import bounded_map, process_pool
+from melodee_pipeline.scan import scandb
+from melodee_pipeline.scan.tags import display_path, read_media_file
+from melodee_pipeline.scan.walk import Skip, walk_inbound
+
+BATCH = 500
+PROGRESS_EVERY = 1000
+COLUMNS = (
+    "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
+    "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
+    "sample_rate", "is_valid", "validation_error", "created_at",
+)
+_INSERT = f"INSERT OR REPLACE INTO scanned_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    scan_id: str
+    scan_db: str
+    files: int
+    valid: int
+    invalid: int
+    skipped: int
+    seconds: float
+
+
+def scan_inbound(
+    inbound: str,
+    scan_db_dir: str,
+    *,
+    workers: int = 4,
+    min_file_age_seconds: int = 60,
+    keep_scan_dbs: int | None = 20,
+    logger: logging.Logger | None = None,
+) -> ScanResult:
+    logger = logger or log
+    started = time.monotonic()
+    scan_id, path = scandb.create(scan_db_dir)
+    conn = scandb.connect(path)
+    scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds)
+    conn.commit()
+    now_iso = datetime.now(timezone.utc).isoformat()
+    skipped = 0
+
+    def on_skip(skip: Skip) -> None:
+        nonlocal skipped
+        skipped += skip.file_count
+        shown = display_path(skip.path)
+        logger.info(f"skipped {shown}: {skip.reason}")
+        conn.execute(
+            "INSERT OR REPLACE INTO skipped(path, reason, file_count) VALUES (?, ?, ?)",
+            (shown, skip.reason, skip.file_count),
+        )
+
+    files = valid = 0
+    batch: list[tuple] = []
+    paths = walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip)
+    pool = process_pool(workers, ["melodee_pipeline.scan.tags"]) if workers > 1 else None
+    try:
+        for row in bounded_map(read_media_file, paths, pool, window=workers * 32):
+            row["created_at"] = now_iso
+            batch.append(tuple(row.get(c) for c in COLUMNS))
+            files += 1
+            valid += row["is_valid"]
+            if not row["is_valid"]:
+                logger.warning(f"invalid file {row['file_path']}: {row['validation_error']}")
+            if len(batch) >= BATCH:
+                conn.executemany(_INSERT, batch)
+                conn.commit()
+                batch.clear()
+            if files % PROGRESS_EVERY == 0:
+                logger.info(f"scanned {files} files ({valid} valid) in {time.monotonic() - started:.1f}s")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    conn.executemany(_INSERT, batch)
+    seconds = time.monotonic() - started
+    scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, skipped=skipped, scan_seconds=f"{seconds:.3f}")
+    conn.commit()
+    conn.close()
+    for old in scandb.prune(scan_db_dir, keep_scan_dbs) if keep_scan_dbs else []:
+        logger.info(f"deleted old scan DB {old}")
+    logger.info(f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped in {seconds:.1f}s -> {path}")
+    return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds)

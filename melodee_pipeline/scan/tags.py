@@ -1,0 +1,95 @@
+"""Read one media file: size, mtime, sha256 and normalised tags (SPEC §5).
+
+Runs inside worker processes: mediafile is pure Python, so tag parsing is bound by the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import datetime, timezone
+
+import mediafile
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: bytes | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def display_path(path: bytes) -> str:
+    """A text form of any file name; undecodable bytes become `\\xNN` so SQLite and JSON accept it."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _int(value: object) -> int | None:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
+def read_media_file(path: bytes) -> dict:
+    """One `scanned_files` row (without ids and grouping) for the file at `path`. Never raises."""
+    row: dict = {"file_path": display_path(path), "path_bytes": path, "is_valid": 0}
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError as exc:
+        row["validation_error"] = f"unreadable: {exc.strerror}"
+        return row
+    row["file_size"] = st.st_size
+    row["modified_time"] = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat()
+    if st.st_size == 0:
+        row["validation_error"] = "empty file"
+        return row
+    try:
+        row["file_hash"] = sha256_file(path)
+        mf = mediafile.MediaFile(os.fsdecode(path))
+    except PermissionError as exc:
+        row["validation_error"] = f"unreadable: {exc.strerror}"
+        return row
+    except OSError as exc:
+        row["validation_error"] = f"unreadable: {exc.strerror or exc}"
+        return row
+    except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
+        row["validation_error"] = f"corrupt or not audio: {type(exc).__name__}: {exc}"[:500]
+        return row
+    length = mf.length or 0
+    row.update(
+        artist=_text(mf.artist),
+        album_artist=_text(mf.albumartist),
+        album=_text(mf.album),
+        title=_text(mf.title),
+        track_number=_int(mf.track),
+        disc_number=_int(mf.disc),
+        year=_int(mf.year),
+        genre=_text(mf.genre),
+        duration=int(round(length * 1000)),
+        bitrate=int(round((mf.bitrate or 0) / 1000)),
+        sample_rate=mf.samplerate or None,
+    )
+    problems = []
+    if length <= 0:
+        problems.append("no audio stream")
+    if not (row["artist"] or row["album_artist"]):
+        problems.append("missing artist")
+    if not row["album"]:
+        problems.append("missing album")
+    if not row["title"]:
+        problems.append("missing title")
+    row["is_valid"] = 0 if problems else 1
+    row["validation_error"] = "; ".join(problems) or None
+    return row

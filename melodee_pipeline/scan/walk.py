@@ -1,0 +1,63 @@
+"""Walk the inbound tree (SPEC §5): media files only, symlinks never followed, busy folders skipped."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+MEDIA_EXTENSIONS = {
+    b".mp3", b".flac", b".m4a", b".aac", b".ogg", b".opus", b".wma", b".wav",
+    b".ape", b".wv", b".aiff", b".aif", b".mpc", b".dsf",
+}
+
+
+def is_media(name: bytes) -> bool:
+    return os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Skip:
+    path: bytes
+    reason: str
+    file_count: int
+
+
+def walk_inbound(root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None]) -> Iterator[bytes]:
+    """Yield media file paths (bytes, so any file name works) in a stable order.
+
+    A directory holding any file modified less than `min_file_age_seconds` ago is still being
+    copied in; its files are skipped whole and reported through `on_skip`.
+    """
+    stack = [os.fsencode(root)]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            on_skip(Skip(directory, f"cannot list directory: {exc.strerror}", 0))
+            continue
+        media, young = [], False
+        subdirs = []
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    if is_media(entry.name):
+                        on_skip(Skip(entry.path, "symlink (not followed)", 1))
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    if min_file_age_seconds and entry.stat(follow_symlinks=False).st_mtime > now - min_file_age_seconds:
+                        young = True
+                    if is_media(entry.name):
+                        media.append(entry.path)
+            except OSError as exc:
+                on_skip(Skip(entry.path, f"cannot stat: {exc.strerror}", 1))
+        stack.extend(reversed(subdirs))
+        if young:
+            if media:
+                on_skip(Skip(directory, f"modified less than {min_file_age_seconds}s ago (still being copied?)", len(media)))
+            continue
+        yield from media

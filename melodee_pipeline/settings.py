@@ -1,0 +1,170 @@
+"""The `staging_scan.*` settings (SPEC §3): the one place that knows every key, its default and its rule.
+
+Values live as text in the `settings` table. A missing row (or NULL value) means the default; an
+invalid value is never replaced by the default: it raises `SettingError` naming key and value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import PurePosixPath
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from croniter import croniter
+
+from melodee_pipeline.db.schema import settings as settings_table
+from melodee_pipeline.errors import SettingError
+
+PREFIX = "staging_scan."
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ValueError("must be one of true/false/1/0/yes/no")
+
+
+def _int_range(lo: int, hi: int | None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value.strip())
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError(f"must be an integer from {lo} to {hi}" if hi else f"must be an integer >= {lo}")
+        return n
+
+    return parse
+
+
+def _cron(value: str) -> str:
+    expr = " ".join(value.split())
+    if len(expr.split(" ")) != 5 or not croniter.is_valid(expr):
+        raise ValueError("must be a 5-field cron expression (minute hour day month weekday), e.g. '0 */1 * * *'")
+    return expr
+
+
+def _abs_dir(value: str) -> str:
+    path = value.strip()
+    if not path or not os.path.isabs(path):
+        raise ValueError("must be an absolute directory path")
+    return os.path.normpath(path)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    key: str
+    default: str
+    parse: Callable[[str], Any]
+    comment: str
+
+
+SPECS: dict[str, SettingSpec] = {
+    s.key: s
+    for s in [
+        SettingSpec("staging_scan.enabled", "false", _bool, "Run the inbound -> staging scan on its schedule"),
+        SettingSpec("staging_scan.dry_run", "false", _bool, "Plan only: move nothing, write no rows"),
+        SettingSpec("staging_scan.schedule", "0 */1 * * *", _cron, "5-field cron expression, UTC"),
+        SettingSpec("staging_scan.workers", "4", _int_range(1, 64), "Parallel workers for scanning and staging (1..64)"),
+        SettingSpec("staging_scan.rate_limit", "0", _int_range(0, None), "Max file moves per second, 0 = unlimited"),
+        SettingSpec("staging_scan.scan_db_data_path", "/var/melodee/scan-db", _abs_dir, "Directory for scan databases"),
+        SettingSpec("staging_scan.min_file_age_seconds", "60", _int_range(0, None), "Skip directories with files younger than this"),
+        SettingSpec("staging_scan.keep_scan_dbs", "20", _int_range(1, None), "Newest scan databases to keep"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class StagingScanSettings:
+    enabled: bool
+    dry_run: bool
+    schedule: str
+    workers: int
+    rate_limit: int
+    scan_db_data_path: str
+    min_file_age_seconds: int
+    keep_scan_dbs: int
+
+    def as_run_config(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def parse_value(key: str, value: str | None) -> Any:
+    spec = SPECS.get(key)
+    if spec is None:
+        raise SettingError(key, value, f"unknown setting; known keys: {', '.join(SPECS)}")
+    if value is None:
+        return spec.parse(spec.default)
+    try:
+        return spec.parse(value)
+    except ValueError as exc:
+        raise SettingError(key, value, str(exc)) from None
+
+
+def check_scan_db_path(path: str, library_paths: list[str], key: str = "staging_scan.scan_db_data_path") -> None:
+    """The scan DB directory may be neither inside a library nor contain one: scans and moves would see it."""
+    p = PurePosixPath(os.path.normpath(path))
+    for lib in library_paths:
+        lp = PurePosixPath(os.path.normpath(lib))
+        if p == lp or lp in p.parents:
+            raise SettingError(key, path, f"is inside library path {lib}")
+        if p in lp.parents:
+            raise SettingError(key, path, f"contains library path {lib}")
+
+
+def parse_settings(raw: dict[str, str | None], library_paths: list[str] = ()) -> StagingScanSettings:
+    values = {key[len(PREFIX):]: parse_value(key, raw.get(key)) for key in SPECS}
+    check_scan_db_path(values["scan_db_data_path"], list(library_paths))
+    return StagingScanSettings(**values)
+
+
+def read_raw(conn: sa.Connection) -> dict[str, str | None]:
+    rows = conn.execute(
+        sa.select(settings_table.c.key, settings_table.c.value).where(settings_table.c.key.like(PREFIX + "%"))
+    )
+    return {k: v for k, v in rows}
+
+
+def load_settings(conn: sa.Connection) -> StagingScanSettings:
+    from melodee_pipeline.libraries import all_library_paths
+
+    return parse_settings(read_raw(conn), all_library_paths(conn))
+
+
+def set_setting(conn: sa.Connection, key: str, value: str) -> Any:
+    """Validate and store one setting; refuses an invalid value without writing anything."""
+    from melodee_pipeline.libraries import all_library_paths
+
+    parsed = parse_value(key, value)
+    if key == "staging_scan.scan_db_data_path":
+        check_scan_db_path(parsed, all_library_paths(conn))
+    stored = str(value).strip()
+    from sqlalchemy.dialects.postgresql import insert
+
+    stmt = insert(settings_table).values(key=key, value=stored, comment=SPECS[key].comment)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[settings_table.c.key], set_={"value": stored, "updated_at": sa.func.now()}
+        )
+    )
+    return parsed
+
+
+def insert_missing_defaults(conn: sa.Connection) -> list[str]:
+    from sqlalchemy.dialects.postgresql import insert
+
+    present = set(read_raw(conn))
+    missing = [s for k, s in SPECS.items() if k not in present]
+    if missing:
+        conn.execute(
+            insert(settings_table).on_conflict_do_nothing(index_elements=[settings_table.c.key]),
+            [{"key": s.key, "value": s.default, "comment": s.comment} for s in missing],
+        )
+    return [s.key for s in missing]

@@ -1,0 +1,86 @@
+"""The staging layout (SPEC §7): directory codes, sanitised path components, containment.
+
+Every component built from tags goes through `sanitize_component`, which cannot return a name
+containing a separator, NUL, `.` or `..`; `ensure_inside` then checks the resolved path, so a
+symlink planted in the staging tree cannot redirect a write either.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+
+from melodee_pipeline.errors import UserError
+
+MAX_COMPONENT_BYTES = 255
+_REPLACE = str.maketrans({"/": "-", "\\": "-", ":": "-"})
+_REMOVE = set('*?"<>|')
+# Bidirectional controls would make a name display as something it is not.
+_BIDI = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u061c")
+
+
+def _dropped(ch: str) -> bool:
+    return ch in _REMOVE or ch in _BIDI or unicodedata.category(ch) == "Cc"
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode("utf-8", "ignore")
+
+
+def sanitize_component(text: str, ext: str = "") -> str:
+    """One safe path component from a tag value, at most 255 bytes of UTF-8 including `ext`."""
+    name = "".join(ch for ch in str(text).translate(_REPLACE) if not _dropped(ch))
+    name = name.strip(" .")
+    if name in ("", ".", ".."):
+        name = "_"
+    name = truncate_utf8(name, MAX_COMPONENT_BYTES - len(ext.encode("utf-8"))).rstrip(" .") or "_"
+    return name + ext
+
+
+def directory_code(artist: str) -> str:
+    """`Led Zeppelin` -> LZ, `The Beatles` -> BEA, `AC/DC` -> ACD, empty -> UNK."""
+    name = artist.strip()
+    if name[:4].lower() == "the ":
+        name = name[4:]
+    words = name.split()
+    alnum = [re.sub(r"[^A-Za-z0-9]", "", w) for w in words]
+    if len(words) > 1:
+        code = "".join(w[0] for w in alnum if w)
+    else:
+        code = alnum[0][:3] if alnum else ""
+    return code.upper() or "UNK"
+
+
+def album_dir_parts(artist: str, year: int, album: str) -> tuple[str, str, str]:
+    return directory_code(artist), sanitize_component(artist), sanitize_component(f"{year:04d} - {album}")
+
+
+def track_file_name(title: str, track: int | None, disc: int | None, ext: str) -> str:
+    number = f"{track or 0:02d}"
+    if disc and disc > 1:
+        number = f"{disc}-{number}"
+    return sanitize_component(f"{number} - {title}", safe_extension(ext))
+
+
+def safe_extension(ext: str) -> str:
+    ext = ext.lower()
+    return ext if re.fullmatch(r"\.[a-z0-9]{1,5}", ext) else ""
+
+
+def with_suffix_number(name: str, n: int) -> str:
+    """`name.ext` -> `name (n).ext` (kept within 255 bytes); `n` >= 2."""
+    stem, ext = os.path.splitext(name)
+    suffix = f" ({n})"
+    return truncate_utf8(stem, MAX_COMPONENT_BYTES - len((suffix + ext).encode())) + suffix + ext
+
+
+def ensure_inside(root: str, path: str) -> str:
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise UserError(f"refusing to write {path}: it resolves to {real}, outside the staging root {root}")
+    return real

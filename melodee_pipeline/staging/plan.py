@@ -1,0 +1,95 @@
+"""Turn grouped scan rows into albums with collision-free staging directories (SPEC §7).
+
+Two albums never share a directory unless their album_group_id is equal: sanitising is lossy
+(`AC/DC` and `AC-DC` give the same name), so a directory that is claimed by another album, in
+this run or by an existing sidecar, gets a deterministic ` (2)`, ` (3)`… suffix instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.paths import album_dir_parts, truncate_utf8, MAX_COMPONENT_BYTES
+
+_VARIOUS = {"various artists", "various", "va", "v.a."}
+
+FILE_COLUMNS = (
+    "id, path_bytes, file_path, file_hash, file_size, artist, album_artist, album, title, track_number, "
+    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id"
+)
+
+
+@dataclass
+class Album:
+    group_id: str
+    artist: str
+    album: str
+    year: int
+    genres: list[str]
+    is_compilation: bool
+    code: str
+    rel_dir: str = ""  # relative to the staging root
+    files: list[sqlite3.Row] = field(default_factory=list)
+
+
+def _most_common(values: list[str]) -> str:
+    return Counter(values).most_common(1)[0][0]
+
+
+def build_album(group_id: str, files: list[sqlite3.Row]) -> Album:
+    artists = [f["album_artist"] or f["artist"] for f in files]
+    artist = _most_common(artists)
+    album = _most_common([f["album"] for f in files])
+    year = int(group_id.rsplit("_", 1)[1])
+    genres = [g for g, _ in Counter(f["genre"] for f in files if f["genre"]).most_common()]
+    track_artists = {(f["artist"] or "").lower() for f in files}
+    is_compilation = artist.lower() in _VARIOUS or (not any(f["album_artist"] for f in files) and len(track_artists) > 1)
+    code, artist_dir, album_dir = album_dir_parts(artist, year, album)
+    return Album(group_id, artist, album, year, genres, is_compilation, code, os.path.join(code, artist_dir, album_dir), files)
+
+
+def iter_albums(conn: sqlite3.Connection) -> Iterator[Album]:
+    """Albums in album_group_id order, one at a time (the scan DB may hold 100k files)."""
+    rows = conn.execute(
+        f"SELECT {FILE_COLUMNS} FROM scanned_files WHERE is_valid = 1 AND album_group_id IS NOT NULL "
+        "ORDER BY album_group_id, disc_number, track_number, file_path"
+    )
+    for group_id, files in itertools.groupby(rows, key=lambda r: r["album_group_id"]):
+        yield build_album(group_id, list(files))
+
+
+def _numbered(name: str, n: int) -> str:
+    suffix = f" ({n})"
+    return truncate_utf8(name, MAX_COMPONENT_BYTES - len(suffix)) + suffix
+
+
+class DirectoryClaims:
+    """Assigns each album a directory no other album owns (in this run or on disk)."""
+
+    def __init__(self, staging_root: str):
+        self.root = staging_root
+        self.owner: dict[str, str] = {}
+
+    def assign(self, album: Album) -> None:
+        base = album.rel_dir
+        head, last = os.path.split(base)
+        for n in itertools.count(1):
+            rel = base if n == 1 else os.path.join(head, _numbered(last, n))
+            if self.owner.get(rel, album.group_id) != album.group_id:
+                continue
+            path = os.path.join(self.root, rel)
+            try:
+                existing = sc.read(path) if os.path.isdir(path) else None
+            except ValueError:  # an unreadable sidecar: the directory belongs to someone we cannot tell
+                continue
+            if existing is not None and sc.group_id_of(existing) != album.group_id:
+                continue
+            self.owner[rel] = album.group_id
+            album.rel_dir = rel
+            return

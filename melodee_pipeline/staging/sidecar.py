@@ -1,0 +1,101 @@
+"""`album.melodee.json` (SPEC §7): shape of the original Go processor, atomic writes, merging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+
+from melodee_pipeline.grouping import album_group_id, normalize_album
+from melodee_pipeline.staging.moves import fsync_dir
+
+SIDECAR_NAME = "album.melodee.json"
+VERSION = "1.0"
+
+
+def new_sidecar(scan_id: str, artist: str, code: str, album: str, year: int, genres: list[str], is_compilation: bool) -> dict:
+    return {
+        "version": VERSION,
+        "processed_at": now_iso(),
+        "scan_id": scan_id,
+        "artist": {"name": artist, "name_normalized": artist.strip().lower(), "directory_code": code},
+        "album": {
+            "name": album,
+            "name_normalized": normalize_album(album),
+            "album_type": "compilation" if is_compilation else "album",
+            "genres": genres,
+            "is_compilation": is_compilation,
+            "image_count": 0,
+            "year": year,
+        },
+        "tracks": [],
+        "status": "pending_review",
+        "validation": {"is_valid": True, "errors": [], "warnings": []},
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def group_id_of(sidecar: dict) -> str:
+    """The album_group_id a sidecar belongs to, so a directory is never shared by two albums."""
+    artist, album = sidecar.get("artist") or {}, sidecar.get("album") or {}
+    group_hash = (artist.get("name_normalized") or "") + "::" + (album.get("name_normalized") or "")
+    return album_group_id(group_hash, int(album.get("year") or 0))
+
+
+def read(album_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(album_dir, SIDECAR_NAME), "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def serialize(sidecar: dict) -> bytes:
+    return json.dumps(sidecar, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(album_dir: str, sidecar: dict) -> bytes:
+    """Temp file + fsync + rename: a reader sees the old sidecar or the new one, never half of one."""
+    data = serialize(sidecar)
+    final = os.path.join(album_dir, SIDECAR_NAME)
+    tmp = os.path.join(album_dir, f".{SIDECAR_NAME}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(album_dir)
+    return data
+
+
+def merge_tracks(sidecar: dict, tracks: list[dict]) -> None:
+    """Append tracks not listed yet (keyed by file_path); never replace one already there."""
+    listed = {t["file_path"] for t in sidecar["tracks"]}
+    for t in tracks:
+        if t["file_path"] not in listed:
+            sidecar["tracks"].append(t)
+            listed.add(t["file_path"])
+
+
+def add_warnings(sidecar: dict, warnings: list[str], errors: list[str] = ()) -> None:
+    v = sidecar.setdefault("validation", {"is_valid": True, "errors": [], "warnings": []})
+    for w in warnings:
+        if w not in v["warnings"]:
+            v["warnings"].append(w)
+    for e in errors:
+        if e not in v["errors"]:
+            v["errors"].append(e)
+    v["is_valid"] = not v["errors"]
