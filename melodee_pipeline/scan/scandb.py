@@ -91,11 +91,15 @@ def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
     return scan_id, path
 
 
-def prune(directory: str, keep: int) -> list[str]:
-    """Delete all but the newest `keep` scan DBs (names sort by time)."""
-    dbs = sorted(p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file())
+def prune(directory: str, keep: int, current: str) -> list[str]:
+    """Delete all but the newest `keep` scan DBs; `current` is always kept.
+
+    Newest by creation order (name, then mtime): two scans in one second differ only in their random id.
+    """
+    dbs = [p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file() and str(p) != current]
+    dbs.sort(key=lambda p: (p.name[: len(PREFIX) + 15], p.stat().st_mtime_ns))
     removed = []
-    for p in dbs[: max(0, len(dbs) - keep)]:
+    for p in dbs[: max(0, len(dbs) - (keep - 1))]:
         for suffix in ("", "-wal", "-shm"):
             Path(str(p) + suffix).unlink(missing_ok=True)
         removed.append(str(p))

@@ -89,7 +89,7 @@ def scan_inbound(
     scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, skipped=skipped, scan_seconds=f"{seconds:.3f}")
     conn.commit()
     conn.close()
-    for old in scandb.prune(scan_db_dir, keep_scan_dbs) if keep_scan_dbs else []:
+    for old in scandb.prune(scan_db_dir, keep_scan_dbs, path) if keep_scan_dbs else []:
         logger.info(f"deleted old scan DB {old}")
     logger.info(f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped in {seconds:.1f}s -> {path}")
     return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds)

@@ -81,13 +81,20 @@ def write_atomic(album_dir: str, sidecar: dict) -> bytes:
     return data
 
 
-def merge_tracks(sidecar: dict, tracks: list[dict]) -> None:
+def merge_tracks(sidecar: dict, tracks: list[dict]) -> int:
     """Append tracks not listed yet (keyed by file_path); never replace one already there."""
     listed = {t["file_path"] for t in sidecar["tracks"]}
+    added = 0
     for t in tracks:
         if t["file_path"] not in listed:
             sidecar["tracks"].append(t)
             listed.add(t["file_path"])
+            added += 1
+    return added
+
+
+def stamp(sidecar: dict, scan_id: str) -> None:
+    sidecar["scan_id"], sidecar["processed_at"] = scan_id, now_iso()
 
 
 def add_warnings(sidecar: dict, warnings: list[str], errors: list[str] = ()) -> None:

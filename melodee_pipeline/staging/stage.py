@@ -14,6 +14,7 @@ from the sidecars (records.py), so a crash before them is healed by the next run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -150,9 +151,10 @@ class AlbumStager:
             out.status, out.tracks = "planned", len(out.actions)
             return
 
-        sc.merge_tracks(sidecar, entries)
-        sidecar["scan_id"], sidecar["processed_at"] = self.scan_id, sc.now_iso()
-        sc.write_atomic(album_dir, sidecar)  # intent journal
+        original = json.loads(sc.serialize(existing)) if existing else None
+        if sc.merge_tracks(sidecar, entries) or existing is None:
+            sc.stamp(sidecar, self.scan_id)
+            sc.write_atomic(album_dir, sidecar)  # intent journal
         faults.point("after_intent_sidecar")
         for act in out.actions:
             if act.action == ALREADY:
@@ -172,7 +174,9 @@ class AlbumStager:
         faults.point("before_final_sidecar")
         sidecar["tracks"] = [t for t in sidecar["tracks"] if os.path.isfile(os.path.join(self.root, t["file_path"]))]
         sc.add_warnings(sidecar, out.warnings, [f"{a.source.decode('utf-8', 'backslashreplace')}: {a.error}" for a in out.actions if a.error])
-        sc.write_atomic(album_dir, sidecar)
+        if original is None or _content(sidecar) != _content(original):
+            sc.stamp(sidecar, self.scan_id)
+            sc.write_atomic(album_dir, sidecar)
         out.tracks = len(sidecar["tracks"])
         out.total_size = sum(t.get("file_size") or 0 for t in sidecar["tracks"])
         if out.failed == len(out.actions):
@@ -183,6 +187,11 @@ class AlbumStager:
             out.status = "staged"
         else:
             out.status = "unchanged"
+
+
+def _content(sidecar: dict) -> tuple:
+    """What a rerun may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
+    return sidecar["tracks"], sidecar.get("validation")
 
 
 def _record(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) -> None:

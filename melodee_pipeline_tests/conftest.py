@@ -1,0 +1,130 @@
+"""Shared fixtures: a real PostgreSQL for every test and trees of real, tagged audio files.
+
+Postgres is `MELODEE_TEST_DATABASE_URL` when set, else an embedded pgserver in a temp dir; every
+test gets a fresh database in it, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from melodee_pipeline.db.engine import psycopg2_url
+from melodee_pipeline.db.schema import init_db
+from melodee_pipeline.samples import Tags, make_track
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory) -> str:
+    url = os.environ.get("MELODEE_TEST_DATABASE_URL")
+    if url:
+        yield psycopg2_url(url)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(str(tmp_path_factory.mktemp("pg") / "data"), cleanup_mode="stop")
+    yield psycopg2_url(server.get_uri())
+    server.cleanup()
+
+
+@pytest.fixture
+def db_url(pg_server_url) -> str:
+    """A new, empty database for this test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    yield url
+    sa.create_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def engine(db_url) -> sa.Engine:
+    eng = sa.create_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def env(db_url, tmp_path, monkeypatch) -> dict:
+    """Process environment pointing every command at this test's database and a temp home."""
+    monkeypatch.setenv("MELODEE_DATABASE_URL", db_url)
+    monkeypatch.setenv("MELODEE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return {"MELODEE_DATABASE_URL": db_url, "MELODEE_HOME": str(tmp_path / "home")}
+
+
+@pytest.fixture
+def libs(engine, tmp_path) -> dict[str, Path]:
+    """An initialised database with inbound and staging libraries and a scan DB dir outside both."""
+    from melodee_pipeline.libraries import add_library
+    from melodee_pipeline.settings import set_setting
+
+    init_db(engine)
+    paths = {k: tmp_path / k for k in ("inbound", "staging", "scandbs")}
+    for p in paths.values():
+        p.mkdir()
+    with engine.begin() as conn:
+        add_library(conn, "Inbound", "inbound", str(paths["inbound"]))
+        add_library(conn, "Staging", "staging", str(paths["staging"]))
+        set_setting(conn, "staging_scan.scan_db_data_path", str(paths["scandbs"]))
+        set_setting(conn, "staging_scan.min_file_age_seconds", "0")
+        set_setting(conn, "staging_scan.workers", "2")
+    return paths
+
+
+def age(root: Path, seconds: float = 3600) -> None:
+    """Backdate every file under root, as if the copy into inbound finished long ago."""
+    past = time.time() - seconds
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            os.utime(os.path.join(dirpath, name), (past, past), follow_symlinks=False)
+
+
+def album(root: Path, artist: str, name: str, year: int, titles: list[str], ext: str = ".mp3",
+          folder: str | None = None, disc: int | None = None, seed: int = 0, albumartist: str | None = None,
+          first_track: int = 1) -> list[Path]:
+    """Write one album of real tagged audio under root/folder; returns the file paths."""
+    base = root / (folder or f"{artist} - {name}".replace("/", "_"))
+    out = []
+    for i, title in enumerate(titles, first_track):
+        path = base / f"{i:02d} {title.replace('/', '_')}{ext}"
+        make_track(str(path), Tags(artist, name, title, albumartist, i, disc, year, "Rock"), seed=seed + i)
+        out.append(path)
+    return out
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """sha256 -> relative path of every file: proves bytes neither vanish nor change."""
+    from melodee_pipeline.scan.tags import sha256_file
+
+    files = {}
+    for root in roots:
+        for dirpath, _dirs, names in os.walk(root):
+            for n in names:
+                p = os.path.join(dirpath, n)
+                if not os.path.islink(p):
+                    files[os.path.relpath(p, root.parent)] = sha256_file(p)
+    return files
+
+
+def tree(root: Path) -> dict[str, int]:
+    """relative path -> size of every entry, for "nothing changed" assertions."""
+    out = {}
+    for dirpath, dirs, names in os.walk(root):
+        for n in dirs + names:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = os.lstat(p).st_size if n in names else -1
+    return out
