@@ -144,24 +144,28 @@ def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit:
             instance=instance, raise_on_error=False,
         )
     summary = result.output_for_node("record_staging_items") if result.success and _produced(result) else None
-    failure = None
-    if not result.success:
-        failures = [e for e in result.all_events if e.is_failure]
-        failure = "; ".join(_failure_text(e) for e in failures) or "run failed"
-    return result.success, summary, failure if not result.success else result.run_id
+    return result.success, summary, result.run_id if result.success else failure_message(result)
 
 
 def _produced(result) -> bool:
     return any(e.is_successful_output and e.node_name == "record_staging_items" for e in result.all_events)
 
 
-def _failure_text(event) -> str:
-    data = event.event_specific_data
-    error = getattr(data, "error", None)
-    if error is not None:
-        # dg.Failure keeps its description as the error's message.
-        return f"{event.step_key or 'run'}: {error.message.strip().splitlines()[-1] if error.message else error}"
-    return event.message or "failed"
+def failure_message(result) -> str:
+    """The reason a run failed, as the user should read it: `dg.Failure` descriptions first."""
+    reasons = []
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        data = event.event_specific_data
+        user = getattr(data, "user_failure_data", None)
+        if user is not None and user.description:
+            reasons.append(f"{event.step_key}: {user.description}")
+        elif data.error is not None:
+            reasons.append(f"{event.step_key}: {data.error.message.strip().splitlines()[-1]}")
+    if not reasons:
+        reasons = [e.message for e in result.all_events if e.event_type_value == "RUN_FAILURE"][:1]
+    return "; ".join(reasons) or "run failed"
 
 
 def cmd_run(args) -> int:
