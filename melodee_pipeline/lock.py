@@ -28,8 +28,11 @@ def staging_lock(engine: sa.Engine, owner: str) -> Iterator[None]:
         try:
             yield
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
-            conn.commit()
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                conn.commit()
+            except sa.exc.DBAPIError:
+                pass  # the connection is gone (database down), and the session lock with it
 
 
 def holder(conn: sa.Connection) -> str | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
+import os
+import signal
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -11,11 +14,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def _die_with_parent(parent_pid: int, preload: list[str]) -> None:
+    """Worker initializer: a worker must not outlive a crashed (SIGKILLed) parent, holding its pipes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers then exit when they next read their closed task queue
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before prctl took effect
+    for module in preload:
+        importlib.import_module(module)
+
+
 def process_pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
-    # forkserver, not fork: the parent (a Dagster run) has threads, and fork with threads can deadlock.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(preload)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # spawn, not fork: the parent (a Dagster run) has threads, and fork with threads can deadlock.
+    # Not forkserver either: its workers are the server's children, so they would outlive a
+    # SIGKILLed parent, whereas spawned workers are ours and die with us (PR_SET_PDEATHSIG).
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent, initargs=(os.getpid(), preload),
+    )
 
 
 def bounded_map(

@@ -15,6 +15,7 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
+from melodee_pipeline import faults
 from melodee_pipeline.db.schema import staging_items
 from melodee_pipeline.staging import sidecar as sc
 
@@ -85,6 +86,7 @@ def _batches(staging_root: str, result: RecordResult) -> Iterator[list[dict]]:
 def record_staging_items(engine: sa.Engine, staging_root: str, *, dry_run: bool = False) -> RecordResult:
     result = RecordResult(dry_run=dry_run)
     t = staging_items
+    faults.point("before_record")  # sidecars complete, rows not yet written
     for batch in _batches(staging_root, result):
         with engine.begin() as conn:
             current = {

@@ -128,3 +128,11 @@ def tree(root: Path) -> dict[str, int]:
             p = os.path.join(dirpath, n)
             out[os.path.relpath(p, root)] = os.lstat(p).st_size if n in names else -1
     return out
+
+
+SUMMARIES = pytest.StashKey[list]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    for line in config.stash.get(SUMMARIES, []):
+        terminalreporter.write_line(line)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from melodee_pipeline import faults
 from melodee_pipeline.parallel import bounded_map, process_pool
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.tags import display_path, read_media_file
@@ -69,6 +70,7 @@ def scan_inbound(
     pool = process_pool(workers, ["melodee_pipeline.scan.tags"]) if workers > 1 else None
     try:
         for row in bounded_map(read_media_file, paths, pool, window=workers * 32):
+            faults.point("scanned_file")
             row["created_at"] = now_iso
             batch.append(tuple(row.get(c) for c in COLUMNS))
             files += 1

@@ -63,11 +63,12 @@ def checksum(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(album_dir: str, sidecar: dict) -> bytes:
-    """Temp file + fsync + rename: a reader sees the old sidecar or the new one, never half of one."""
+def write_atomic(album_dir: str, sidecar: dict, tmp_dir: str) -> bytes:
+    """Temp file + fsync + rename: a reader sees the old sidecar or the new one, never half of one.
+    The temp file lives in the staging temp dir, so a crash never leaves debris in an album."""
     data = serialize(sidecar)
     final = os.path.join(album_dir, SIDECAR_NAME)
-    tmp = os.path.join(album_dir, f".{SIDECAR_NAME}.{uuid.uuid4().hex}.tmp")
+    tmp = os.path.join(tmp_dir, f"sidecar-{uuid.uuid4().hex}")
     try:
         with open(tmp, "xb") as f:
             f.write(data)

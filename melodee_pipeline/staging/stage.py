@@ -1,7 +1,8 @@
 """stage_albums (SPEC §7): move every valid file of every album into the staging layout.
 
 Crash safety, point by point (issue #5). Per album:
-  1. the album directory is created and stale temp files of a crashed copy are removed;
+  0. (once per run) temp files a crashed run left in <staging>/.melodee-tmp are deleted;
+  1. the album directory is created;
   2. the sidecar is written first as an intent journal listing existing + planned tracks, so a
      file can never sit in staging without its sidecar naming it;
   3. files are moved with `move_no_overwrite` (see moves.py for why each step is safe);
@@ -26,7 +27,7 @@ from melodee_pipeline.parallel import bounded_map, thread_pool
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.tags import sha256_file
 from melodee_pipeline.staging import sidecar as sc
-from melodee_pipeline.staging.moves import move_no_overwrite, remove_stale_temps, sha256_if_exists
+from melodee_pipeline.staging.moves import clear_temp_dir, move_no_overwrite, remove_temp_dir, sha256_if_exists, temp_dir
 from melodee_pipeline.staging.paths import ensure_inside, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album, DirectoryClaims, iter_albums
 from melodee_pipeline.staging.ratelimit import RateLimiter
@@ -118,6 +119,7 @@ def _remove_if_identical(source: bytes, dest: str) -> None:
 class AlbumStager:
     def __init__(self, staging_root: str, scan_id: str, dry_run: bool, limiter: RateLimiter):
         self.root, self.scan_id, self.dry_run, self.limiter = staging_root, scan_id, dry_run, limiter
+        self.tmp = temp_dir(staging_root)
 
     def __call__(self, album: Album) -> AlbumOutcome:
         outcome = AlbumOutcome(album)
@@ -133,7 +135,6 @@ class AlbumStager:
         if not self.dry_run:
             os.makedirs(album_dir, exist_ok=True)
             ensure_inside(self.root, album_dir)
-            remove_stale_temps(album_dir)
         existing = sc.read(album_dir) if os.path.isdir(album_dir) else None
         sidecar = existing or sc.new_sidecar(
             self.scan_id, album.artist, album.code, album.album, album.year, album.genres, album.is_compilation
@@ -154,14 +155,14 @@ class AlbumStager:
         original = json.loads(sc.serialize(existing)) if existing else None
         if sc.merge_tracks(sidecar, entries) or existing is None:
             sc.stamp(sidecar, self.scan_id)
-            sc.write_atomic(album_dir, sidecar)  # intent journal
+            sc.write_atomic(album_dir, sidecar, self.tmp)  # intent journal
         faults.point("after_intent_sidecar")
         for act in out.actions:
             if act.action == ALREADY:
                 continue
             self.limiter.wait()
             try:
-                move_no_overwrite(act.source, os.path.join(album_dir, act.name), act.sha256)
+                move_no_overwrite(act.source, os.path.join(album_dir, act.name), act.sha256, self.tmp)
             except OSError as exc:
                 act.error = f"move failed: {exc.strerror or exc}"
             faults.point("after_move")
@@ -176,7 +177,7 @@ class AlbumStager:
         sc.add_warnings(sidecar, out.warnings, [f"{a.source.decode('utf-8', 'backslashreplace')}: {a.error}" for a in out.actions if a.error])
         if original is None or _content(sidecar) != _content(original):
             sc.stamp(sidecar, self.scan_id)
-            sc.write_atomic(album_dir, sidecar)
+            sc.write_atomic(album_dir, sidecar, self.tmp)
         out.tracks = len(sidecar["tracks"])
         out.total_size = sum(t.get("file_size") or 0 for t in sidecar["tracks"])
         if out.failed == len(out.actions):
@@ -235,6 +236,10 @@ def stage_albums(
     inbound = scandb.get_info(conn, "inbound_path")
     if not os.path.isdir(staging_root):
         raise FileNotFoundError(f"staging path {staging_root} does not exist or is not a directory")
+    if not dry_run:
+        cleared = clear_temp_dir(staging_root)
+        if cleared:
+            logger.info(f"removed {cleared} temp file(s) left by an interrupted run")
     claims = DirectoryClaims(staging_root)
     stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit))
 
@@ -265,8 +270,10 @@ def stage_albums(
     finally:
         pool.shutdown()
         conn.commit()
-    if not dry_run and inbound:
-        _remove_empty_dirs(emptied, os.fsencode(os.path.normpath(inbound)))
+    if not dry_run:
+        remove_temp_dir(staging_root)
+        if inbound:
+            _remove_empty_dirs(emptied, os.fsencode(os.path.normpath(inbound)))
     seconds = time.monotonic() - started
     result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
                          totals["renamed"], totals["files_failed"], dry_run, seconds)
