@@ -58,7 +58,7 @@ def evaluate(context: dg.SensorEvaluationContext, database: MelodeeDatabase, now
     active = context.instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME, statuses=ACTIVE), limit=1)
     if active:
         run = active[0].dagster_run
-        return dg.SkipReason(f"tick {tick:%Y-%m-%d %H:%M} UTC skipped: run {run.run_id} of {JOB_NAME} is still {run.status.value}")
+        return dg.SkipReason(f"run {run.run_id} of {JOB_NAME} is still {run.status.value}; no run for tick {tick:%Y-%m-%d %H:%M} UTC")
     return dg.RunRequest(
         run_key=tick.isoformat(),
         run_config=run_config(settings),

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from melodee_pipeline import faults
+from melodee_pipeline.errors import UserError
 from melodee_pipeline.parallel import bounded_map, thread_pool
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.tags import sha256_file
@@ -235,9 +236,12 @@ def stage_albums(
     scan_id = scandb.get_info(conn, "scan_id")
     inbound = scandb.get_info(conn, "inbound_path")
     if not os.path.isdir(staging_root):
-        raise FileNotFoundError(f"staging path {staging_root} does not exist or is not a directory")
+        raise UserError(f"staging path {staging_root} does not exist or is not a directory")
     if not dry_run:
-        cleared = clear_temp_dir(staging_root)
+        try:
+            cleared = clear_temp_dir(staging_root)
+        except OSError as exc:
+            raise UserError(f"staging path {staging_root} refuses writes: {exc.strerror}") from None
         if cleared:
             logger.info(f"removed {cleared} temp file(s) left by an interrupted run")
     claims = DirectoryClaims(staging_root)
