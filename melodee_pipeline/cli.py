@@ -152,20 +152,30 @@ def _produced(result) -> bool:
 
 
 def failure_message(result) -> str:
-    """The reason a run failed, as the user should read it: `dg.Failure` descriptions first."""
+    """The reason a run failed, as the user should read it: `dg.Failure` descriptions first,
+    else the innermost exception's message (resource set-up, e.g. the staging lock, included)."""
     reasons = []
     for event in result.all_events:
-        if event.event_type_value != "STEP_FAILURE":
+        if event.event_type_value not in ("STEP_FAILURE", "RESOURCE_INIT_FAILURE"):
             continue
         data = event.event_specific_data
         user = getattr(data, "user_failure_data", None)
         if user is not None and user.description:
             reasons.append(f"{event.step_key}: {user.description}")
-        elif data.error is not None:
-            reasons.append(f"{event.step_key}: {data.error.message.strip().splitlines()[-1]}")
+        elif getattr(data, "error", None) is not None:
+            reasons.append(f"{event.step_key or 'run'}: {_innermost(data.error)}")
     if not reasons:
-        reasons = [e.message for e in result.all_events if e.event_type_value == "RUN_FAILURE"][:1]
+        reasons = [_innermost(e.event_specific_data.error) for e in result.all_events
+                   if e.event_type_value == "PIPELINE_FAILURE" and e.event_specific_data.error][:1]
     return "; ".join(reasons) or "run failed"
+
+
+def _innermost(error) -> str:
+    while error.cause is not None:
+        error = error.cause
+    first = error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
+    prefix = f"{error.cls_name}: "
+    return first.split(prefix, 1)[1] if prefix in first else first
 
 
 def cmd_run(args) -> int:

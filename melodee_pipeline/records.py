@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from melodee_pipeline import faults
+from melodee_pipeline.db.engine import unavailable
 from melodee_pipeline.db.schema import staging_items
 from melodee_pipeline.staging import sidecar as sc
 
@@ -84,6 +85,14 @@ def _batches(staging_root: str, result: RecordResult) -> Iterator[list[dict]]:
 
 
 def record_staging_items(engine: sa.Engine, staging_root: str, *, dry_run: bool = False) -> RecordResult:
+    try:
+        return _record(engine, staging_root, dry_run)
+    except sa.exc.DBAPIError as exc:
+        # Rows are derived from the sidecars, so the next run records whatever this one could not.
+        raise unavailable(engine, exc) from None
+
+
+def _record(engine: sa.Engine, staging_root: str, dry_run: bool) -> RecordResult:
     result = RecordResult(dry_run=dry_run)
     t = staging_items
     faults.point("before_record")  # sidecars complete, rows not yet written

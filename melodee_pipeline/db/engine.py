@@ -93,7 +93,13 @@ def get_engine(url: str | None = None) -> sa.Engine:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DatabaseUnavailable(f"cannot connect to database {mask(url)}: {reason}") from None
+    except sa.exc.DBAPIError as exc:
+        raise unavailable(engine, exc) from None
     return engine
+
+
+def unavailable(engine: sa.Engine, exc: sa.exc.DBAPIError) -> DatabaseUnavailable:
+    """One line naming the database (password masked) and what the driver said."""
+    reason = str(exc.orig or exc).strip().splitlines()
+    url = engine.url.render_as_string(hide_password=True)
+    return DatabaseUnavailable(f"cannot connect to database {url}: {reason[0] if reason else type(exc).__name__}")

@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 
 from melodee_pipeline.cycle import plan_cycle
 from melodee_pipeline.errors import UserError
@@ -42,6 +43,8 @@ def hard_failure() -> Iterator[None]:
         yield
     except (UserError, OSError, sqlite3.Error) as exc:
         raise dg.Failure(description=str(exc)) from exc
+    except sa.exc.DBAPIError as exc:  # the database went away mid-op
+        raise dg.Failure(description=f"database error: {str(exc.orig or exc).strip().splitlines()[0]}") from exc
 
 
 @dg.op(out=dg.Out(dict, is_required=False), tags={"kind": "scan"})

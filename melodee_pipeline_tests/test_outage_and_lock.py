@@ -1,0 +1,117 @@
+"""A database that goes down mid-run, and one staging run at a time (issue #5)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+import sqlalchemy as sa
+
+from melodee_pipeline.cli import main
+from melodee_pipeline.db.engine import psycopg2_url
+from melodee_pipeline.db.schema import init_db
+from melodee_pipeline.libraries import add_library
+from melodee_pipeline.lock import staging_lock
+from melodee_pipeline.settings import set_setting
+from melodee_pipeline_tests.conftest import age, album, tree
+
+
+def start_server(pgdata):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        return pgserver.get_server(str(pgdata), cleanup_mode="stop")
+
+
+def test_database_down_at_record_fails_clearly_and_next_run_heals(tmp_path, db_url):
+    server = start_server(tmp_path / "melodee-pg")
+    url = psycopg2_url(server.get_uri())
+    engine = sa.create_engine(url)
+    dirs = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
+    for p in dirs.values():
+        p.mkdir()
+    init_db(engine)
+    with engine.begin() as conn:
+        add_library(conn, "In", "inbound", str(dirs["inbound"]))
+        add_library(conn, "St", "staging", str(dirs["staging"]))
+        set_setting(conn, "staging_scan.scan_db_data_path", str(dirs["scans"]))
+        set_setting(conn, "staging_scan.min_file_age_seconds", "0")
+    engine.dispose()
+    album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+    album(dirs["inbound"], "Other", "Disc", 2002, ["Three"], ".mp3", seed=9)
+    marker = tmp_path / "paused"
+    env = {**os.environ, "MELODEE_DATABASE_URL": url, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": db_url,
+           "MELODEE_HOME": str(tmp_path / "home"), "MELODEE_PAUSE_AT": "before_record", "MELODEE_PAUSE_FILE": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.1)
+        server.cleanup()  # Postgres goes down after staging, before the rows
+        marker.unlink()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: run failed: record_staging_items: cannot connect to database postgresql+psycopg2://postgres:***@"), err[-4000:]
+    assert len(list(dirs["staging"].rglob("album.melodee.json"))) == 2  # staged, nothing lost
+
+    server = start_server(tmp_path / "melodee-pg")
+    try:
+        env.pop("MELODEE_PAUSE_AT")
+        again = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert '"inserted": 2' in again.stdout and '"albums_total": 0' in again.stdout
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 2
+        engine.dispose()
+    finally:
+        server.cleanup()
+
+
+def test_process_scan_refuses_while_another_run_holds_the_lock(env, libs, engine, capsys):
+    album(libs["inbound"], "Band", "Record", 2001, ["One"], ".mp3")
+    age(libs["inbound"])
+    assert main(["scan-inbound", "--path", str(libs["inbound"]), "--output", str(libs["scandbs"])]) == 0
+    scan_db = capsys.readouterr().out.strip()
+    before = (tree(libs["inbound"]), tree(libs["staging"]))
+    with staging_lock(engine, "run-1234"):
+        assert main(["process-scan", "--scan", scan_db, "--staging", str(libs["staging"])]) == 2
+    assert capsys.readouterr().err == "error: another staging run is in progress (run run-1234)\n"
+    assert (tree(libs["inbound"]), tree(libs["staging"])) == before
+    assert main(["process-scan", "--scan", scan_db, "--staging", str(libs["staging"])]) == 0
+
+
+def test_two_real_runs_at_once_one_refused(env, libs, engine, tmp_path, db_url):
+    """Two `melodee-pipeline run`s racing: exactly one stages, the other names the holder."""
+    for i in range(4):
+        album(libs["inbound"], f"Artist{i}", "Album", 2000, ["A", "B", "C"], ".wav", seed=i * 5)
+    age(libs["inbound"])
+    with engine.begin() as conn:
+        set_setting(conn, "staging_scan.rate_limit", "1")  # the first run moves files for ~12 s
+    run_env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": db_url}
+    first = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(libs["staging"].rglob("*.wav")):  # the first run is moving files
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
+                            capture_output=True, text=True, timeout=300)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 1
+    assert "another staging run is in progress (run " in second.stderr.strip().splitlines()[-1]
+    assert '"albums_success": 4' in out
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 4
