@@ -137,3 +137,21 @@ def test_sigkill_at_every_crash_point_loses_nothing_and_converges(template, db_u
     print(summary)
     assert not failures, "\n".join(failures)
     assert tried >= 50
+
+
+@pytest.mark.parametrize("point", ["after_move:3", "before_record:1"])
+def test_sigkill_during_a_dagster_run_converges_on_the_next_run(point, template, env, libs, engine, db_url, tmp_path):
+    shutil.rmtree(libs["inbound"])
+    shutil.copytree(template, libs["inbound"])
+    invalid = Counter({sha256_file(template / "junk.mp3"): 1})
+    valid = Counter({h: n for h, n in file_hashes(template).items() if h not in invalid})
+    run_env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": db_url}
+    crashed = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env={**run_env, "MELODEE_CRASH_AT": point},
+                             capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == -signal.SIGKILL
+    assert lost(file_hashes(template), libs["inbound"], libs["staging"]) == 0
+    again = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    report = converged(valid, invalid, libs["inbound"], libs["staging"], engine)
+    assert report.ok, report

@@ -30,7 +30,8 @@ def display_path(path: bytes) -> str:
 def _text(value: object) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
+    # A lone surrogate (broken UTF-16 in a tag) cannot be stored as text; it becomes U+FFFD.
+    text = str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace").strip()
     return text or None
 
 

@@ -21,7 +21,7 @@ _BIDI = set("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\
 
 
 def _dropped(ch: str) -> bool:
-    return ch in _REMOVE or ch in _BIDI or unicodedata.category(ch) == "Cc"
+    return ch in _REMOVE or ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs")  # controls, lone surrogates
 
 
 def truncate_utf8(text: str, max_bytes: int) -> str:
