@@ -11,6 +11,7 @@ from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOr
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.utils import make_new_run_id
 
+from melodee_pipeline.lock import staging_lock
 from melodee_pipeline.orchestration.resources import MelodeeDatabase
 from melodee_pipeline.orchestration.sensor import evaluate, staging_scan_sensor
 
@@ -106,16 +107,35 @@ def test_missing_or_locked_library_skips(sensor_env, engine):
     assert tick(NOW - timedelta(minutes=5)).skip_message == "no inbound library configured"
 
 
-def test_run_in_progress_skips_the_tick_naming_the_run(sensor_env):
+def test_run_in_progress_skips_the_tick_naming_the_run(sensor_env, engine):
     instance, _, tick = sensor_env
     for status in (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED):
         run = instance.add_run(dg.DagsterRun(job_name="staging_scan_job", run_id=make_new_run_id(), status=status,
                                              remote_job_origin=ORIGIN))
-        skip = tick(NOW - timedelta(minutes=1))
+        with staging_lock(engine, run.run_id):  # a live run holds the lock
+            skip = tick(NOW - timedelta(minutes=1), now=datetime.now(timezone.utc) + timedelta(hours=1))
         assert isinstance(skip, dg.SkipReason)
-        assert f"run {run.run_id} of staging_scan_job is still {status.value}" in skip.skip_message
+        assert f"run {run.run_id} of staging_scan_job is still {status.value}; no run for tick" in skip.skip_message
         instance.report_run_failed(run)
     assert isinstance(tick(NOW - timedelta(minutes=1)), dg.RunRequest)
+
+
+def test_lock_held_outside_dagster_skips_naming_the_holder(sensor_env, engine):
+    _, _, tick = sensor_env
+    with staging_lock(engine, "process-scan (pid 42)"):
+        skip = tick(NOW - timedelta(minutes=1))
+    assert skip.skip_message.startswith("another staging run is in progress (run process-scan (pid 42))")
+
+
+def test_started_run_whose_worker_died_is_failed_and_no_longer_blocks(sensor_env):
+    instance, _, tick = sensor_env
+    run = instance.add_run(dg.DagsterRun(job_name="staging_scan_job", run_id=make_new_run_id(),
+                                         status=dg.DagsterRunStatus.STARTED, remote_job_origin=ORIGIN))
+    recent = tick(NOW - timedelta(minutes=1), now=datetime.now(timezone.utc))
+    assert isinstance(recent, dg.SkipReason)  # just started: may not hold the lock yet
+    request = tick(NOW - timedelta(minutes=1), now=datetime.now(timezone.utc) + timedelta(minutes=5))
+    assert isinstance(request, dg.RunRequest)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
 
 
 def test_first_evaluation_starts_counting_and_cursor_survives_a_restart(sensor_env, engine):

@@ -14,10 +14,12 @@ from croniter import croniter
 
 from melodee_pipeline.errors import UserError
 from melodee_pipeline.libraries import resolve_libraries
+from melodee_pipeline.lock import holder
 from melodee_pipeline.orchestration.job import CONCURRENCY_TAG, JOB_NAME, staging_scan_job
 from melodee_pipeline.orchestration.resources import MelodeeDatabase
 from melodee_pipeline.settings import StagingScanSettings, load_settings
 
+STALE_AFTER = 120  # seconds a STARTED run may go without holding the staging lock
 ACTIVE = [
     dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
@@ -44,6 +46,7 @@ def evaluate(context: dg.SensorEvaluationContext, database: MelodeeDatabase, now
             if not settings.enabled:
                 return dg.SkipReason("staging_scan.enabled is false")
             libs = resolve_libraries(conn)
+            lock_holder = holder(conn)
     except UserError as exc:
         return dg.SkipReason(str(exc))
     if libs.locked:
@@ -55,15 +58,33 @@ def evaluate(context: dg.SensorEvaluationContext, database: MelodeeDatabase, now
     if tick is None:
         upcoming = croniter(settings.schedule, now).get_next(datetime)
         return dg.SkipReason(f"no tick of '{settings.schedule}' due; next at {upcoming:%Y-%m-%d %H:%M} UTC")
-    active = context.instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME, statuses=ACTIVE), limit=1)
-    if active:
-        run = active[0].dagster_run
-        return dg.SkipReason(f"run {run.run_id} of {JOB_NAME} is still {run.status.value}; no run for tick {tick:%Y-%m-%d %H:%M} UTC")
+    busy = in_progress(context.instance, lock_holder, now)
+    if busy:
+        return dg.SkipReason(f"{busy}; no run for tick {tick:%Y-%m-%d %H:%M} UTC")
     return dg.RunRequest(
         run_key=tick.isoformat(),
         run_config=run_config(settings),
         tags={**CONCURRENCY_TAG, "melodee/tick": tick.isoformat()},
     )
+
+
+def in_progress(instance: dg.DagsterInstance, lock_holder: Optional[str], now: datetime) -> Optional[str]:
+    """Why a new run must wait, or None.
+
+    A STARTED run holds the staging lock from its first op to its last. One that has not held it
+    for STALE_AFTER seconds lost its worker (killed, machine rebooted): the default run launcher
+    cannot tell, so without this check the sensor would wait on it forever. It is marked failed.
+    """
+    for record in instance.get_run_records(dg.RunsFilter(job_name=JOB_NAME, statuses=ACTIVE), limit=10):
+        run = record.dagster_run
+        started = record.start_time or record.create_timestamp.timestamp()
+        if run.status == dg.DagsterRunStatus.STARTED and lock_holder != run.run_id and now.timestamp() - started > STALE_AFTER:
+            instance.report_run_failed(run, f"run worker is gone: run {run.run_id} holds no staging lock; marked failed by {staging_scan_sensor.name}")
+            continue
+        return f"run {run.run_id} of {JOB_NAME} is still {run.status.value}"
+    if lock_holder:
+        return f"another staging run is in progress (run {lock_holder})"
+    return None
 
 
 @dg.sensor(
