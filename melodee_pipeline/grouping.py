@@ -51,17 +51,19 @@ def group_albums(scan_db: str) -> GroupResult:
 
 
 def _group(conn: sqlite3.Connection) -> GroupResult:
+    # Pass 1 hashes every valid file and counts years per hash; pass 2 writes both columns by
+    # primary key (an UPDATE ... WHERE album_group_hash = ? per group would scan the table each time).
     years: dict[str, Counter] = defaultdict(Counter)
-    updates = []
+    hashes = []
     for row in conn.execute("SELECT id, artist, album_artist, album, year FROM scanned_files WHERE is_valid = 1"):
         h = album_group_hash(row["artist"], row["album_artist"], row["album"])
         years[h][row["year"] or 0] += 1
-        updates.append((h, row["id"]))
+        hashes.append((row["id"], h))
+    group_ids = {h: album_group_id(h, vote_year(c)) for h, c in years.items()}
     with conn:
-        conn.executemany("UPDATE scanned_files SET album_group_hash = ? WHERE id = ?", updates)
         conn.executemany(
-            "UPDATE scanned_files SET album_group_id = ? WHERE album_group_hash = ? AND is_valid = 1",
-            [(album_group_id(h, vote_year(c)), h) for h, c in years.items()],
+            "UPDATE scanned_files SET album_group_hash = ?, album_group_id = ? WHERE id = ?",
+            ((h, group_ids[h], file_id) for file_id, h in hashes),
         )
         scandb.set_info(conn, albums=len(years), grouped=1)
-    return GroupResult(albums=len(years), files=len(updates))
+    return GroupResult(albums=len(years), files=len(hashes))

@@ -13,7 +13,6 @@ from dataclasses import asdict
 from typing import Iterator, Optional
 
 import dagster as dg
-import pandas as pd
 import sqlalchemy as sa
 
 from melodee_pipeline.cycle import plan_cycle
@@ -84,17 +83,23 @@ def group_albums(context: dg.OpExecutionContext, scan: dict) -> dg.Output[dict]:
     return dg.Output(scan, metadata={"albums": result.albums, "files": result.files})
 
 
+ALBUM_COLUMNS = [("artist", "string"), ("album", "string"), ("year", "int"), ("staging_dir", "string"),
+                 ("status", "string"), ("tracks", "int"), ("moved", "int"), ("already_staged", "int"),
+                 ("failed", "int"), ("error", "string")]
+
+
 def _albums_table(scan_db: str) -> dg.TableMetadataValue:
+    """Failed albums first, then the rest by staging path; at most ALBUM_TABLE_ROWS rows."""
+    names = [c for c, _ in ALBUM_COLUMNS]
     with sqlite3.connect(scan_db) as conn:
-        df = pd.read_sql_query(
-            "SELECT artist, album, year, staging_dir, status, tracks, moved, already_staged, failed, "
-            f"COALESCE(error, '') AS error FROM albums ORDER BY status <> 'failed', staging_dir LIMIT {ALBUM_TABLE_ROWS}",
-            conn,
-        )
-    df = df.fillna(0)
+        rows = conn.execute(
+            f"SELECT {', '.join(names)} FROM albums ORDER BY status NOT IN ('failed', 'partial'), staging_dir "
+            f"LIMIT {ALBUM_TABLE_ROWS}"
+        ).fetchall()
     return dg.MetadataValue.table(
-        records=[dg.TableRecord(r) for r in df.to_dict("records")],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, "int" if df[c].dtype.kind == "i" else "string") for c in df.columns]),
+        records=[dg.TableRecord({c: (v if v is not None else ("" if t == "string" else 0)) for (c, t), v in zip(ALBUM_COLUMNS, r)})
+                 for r in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in ALBUM_COLUMNS]),
     )
 
 

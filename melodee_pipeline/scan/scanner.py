@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from melodee_pipeline import faults
-from melodee_pipeline.parallel import bounded_map, process_pool
+from melodee_pipeline.parallel import batched, bounded_map, process_pool
 from melodee_pipeline.scan import scandb
-from melodee_pipeline.scan.tags import display_path, read_media_file
+from melodee_pipeline.scan.tags import display_path, read_media_files
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
-BATCH = 500
+BATCH = 500  # rows per SQLite transaction
+TASK_FILES = 32  # files per worker task
 PROGRESS_EVERY = 1000
 COLUMNS = (
     "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
@@ -69,7 +70,9 @@ def scan_inbound(
     paths = walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip)
     pool = process_pool(workers, ["melodee_pipeline.scan.tags"]) if workers > 1 else None
     try:
-        for row in bounded_map(read_media_file, paths, pool, window=workers * 32):
+        rows = (row for chunk in bounded_map(read_media_files, batched(paths, TASK_FILES), pool, window=workers * 4)
+                for row in chunk)
+        for row in rows:
             faults.point("scanned_file")
             row["created_at"] = now_iso
             batch.append(tuple(row.get(c) for c in COLUMNS))

@@ -79,13 +79,15 @@ class StageResult:
     seconds: float
 
 
-def _resolve(album_dir: str, name: str, src_hash: str, taken: dict[str, str]) -> tuple[str, str]:
-    """Destination name and action for one file; never a name holding other bytes."""
+def _resolve(album_dir: str, name: str, src_hash: str, taken: dict[str, str], present: set[str]) -> tuple[str, str]:
+    """Destination name and action for one file; never a name holding other bytes.
+    `present` lists the directory once, so only real collisions cost a hash of the existing file."""
     n = 1
     while True:
         candidate = name if n == 1 else with_suffix_number(name, n)
-        planned = taken.get(candidate)
-        on_disk = sha256_if_exists(os.path.join(album_dir, candidate)) if planned is None else planned
+        on_disk = taken.get(candidate)
+        if on_disk is None and candidate in present:
+            on_disk = sha256_if_exists(os.path.join(album_dir, candidate))
         if on_disk is None:
             taken[candidate] = src_hash
             return candidate, MOVE if n == 1 else RENAME
@@ -136,7 +138,8 @@ class AlbumStager:
         if not self.dry_run:
             os.makedirs(album_dir, exist_ok=True)
             ensure_inside(self.root, album_dir)
-        existing = sc.read(album_dir) if os.path.isdir(album_dir) else None
+        present = set(os.listdir(album_dir)) if os.path.isdir(album_dir) else set()
+        existing = sc.read(album_dir) if sc.SIDECAR_NAME in present else None
         sidecar = existing or sc.new_sidecar(
             self.scan_id, album.artist, album.code, album.album, album.year, album.genres, album.is_compilation
         )
@@ -144,7 +147,8 @@ class AlbumStager:
         entries = []
         for f in album.files:
             ext = os.path.splitext(f["file_path"])[1]
-            name, action = _resolve(album_dir, track_file_name(f["title"], f["track_number"], f["disc_number"], ext), f["file_hash"], taken)
+            name, action = _resolve(album_dir, track_file_name(f["title"], f["track_number"], f["disc_number"], ext),
+                                    f["file_hash"], taken, present)
             out.actions.append(FileAction(f["id"], f["path_bytes"], name, action, f["file_hash"]))
             entries.append(_track_entry(album, f, name))
             if action == RENAME:
@@ -153,10 +157,13 @@ class AlbumStager:
             out.status, out.tracks = "planned", len(out.actions)
             return
 
-        original = json.loads(sc.serialize(existing)) if existing else None
-        if sc.merge_tracks(sidecar, entries) or existing is None:
+        written = _fingerprint(sidecar) if existing else None
+        sc.merge_tracks(sidecar, entries)
+        sc.add_warnings(sidecar, out.warnings)
+        if _fingerprint(sidecar) != written:
             sc.stamp(sidecar, self.scan_id)
-            sc.write_atomic(album_dir, sidecar, self.tmp)  # intent journal
+            sc.write_atomic(album_dir, sidecar, self.tmp)  # intent journal; usually already the final sidecar
+            written = _fingerprint(sidecar)
         faults.point("after_intent_sidecar")
         for act in out.actions:
             if act.action == ALREADY:
@@ -175,8 +182,8 @@ class AlbumStager:
                     act.error = f"{exc.strerror or exc}"
         faults.point("before_final_sidecar")
         sidecar["tracks"] = [t for t in sidecar["tracks"] if os.path.isfile(os.path.join(self.root, t["file_path"]))]
-        sc.add_warnings(sidecar, out.warnings, [f"{a.source.decode('utf-8', 'backslashreplace')}: {a.error}" for a in out.actions if a.error])
-        if original is None or _content(sidecar) != _content(original):
+        sc.add_warnings(sidecar, [], [f"{a.source.decode('utf-8', 'backslashreplace')}: {a.error}" for a in out.actions if a.error])
+        if _fingerprint(sidecar) != written:
             sc.stamp(sidecar, self.scan_id)
             sc.write_atomic(album_dir, sidecar, self.tmp)
         out.tracks = len(sidecar["tracks"])
@@ -191,9 +198,9 @@ class AlbumStager:
             out.status = "unchanged"
 
 
-def _content(sidecar: dict) -> tuple:
-    """What a rerun may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
-    return sidecar["tracks"], sidecar.get("validation")
+def _fingerprint(sidecar: dict) -> str:
+    """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
+    return json.dumps([sidecar["tracks"], sidecar.get("validation")])
 
 
 def _record(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) -> None:
@@ -254,7 +261,7 @@ def stage_albums(
 
     totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0)
     emptied: set[bytes] = set()
-    pool = thread_pool(workers)
+    pool = thread_pool(workers) if workers > 1 else None
     try:
         for out in bounded_map(stager, planned(), pool, window=workers * 4):
             _record(conn, out, dry_run)
@@ -272,7 +279,8 @@ def stage_albums(
                 conn.commit()
                 logger.info(f"staged {totals['albums']} albums, {totals['moved']} files moved")
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
         conn.commit()
     if not dry_run:
         remove_temp_dir(staging_root)
