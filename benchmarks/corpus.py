@@ -3,7 +3,8 @@
     python benchmarks/corpus.py DIR --files 10000 [--tracks 10] [--file-size 8MB] [--seed 1]
 
 Each format's audio is encoded once (soundfile) and copied; every file then gets its own tags
-(mediafile), so every file is a valid, distinct, fully tagged track. Same arguments, same corpus.
+(mediafile), so every file is a valid, distinct, fully tagged track. With --file-size the audio is
+white noise long enough to reach that size, as real music would. Same arguments, same corpus.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def build(root: str, files: int, tracks: int = 10, file_size: int = 0, seed: int
     started = time.monotonic()
     templates = tempfile.mkdtemp(prefix="melodee-corpus-")
     for i, ext in enumerate(FORMATS):
-        write_audio(os.path.join(templates, "t" + ext), seconds=0.2, seed=i, pad_to=file_size)
+        template = os.path.join(templates, "t" + ext)
+        write_audio(template, seconds=0.2, seed=i)
+        if file_size:  # scale a one-second encode to the wanted size
+            write_audio(template, seconds=1.0, seed=i, noise=True)
+            write_audio(template, seconds=file_size / os.path.getsize(template), seed=i, noise=True)
     jobs = [(os.path.join(templates, "t" + ext), os.path.join(root, rel), tags, ext) for rel, tags, ext in plan(files, tracks, seed)]
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         for _ in pool.imap_unordered(_make, jobs, chunksize=64):

@@ -6,9 +6,10 @@ import importlib
 import multiprocessing
 import os
 import signal
+import sys
+import types
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -33,10 +34,20 @@ def process_pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
     # spawn, not fork: the parent (a Dagster run) has threads, and fork with threads can deadlock.
     # Not forkserver either: its workers are the server's children, so they would outlive a
     # SIGKILLed parent, whereas spawned workers are ours and die with us (PR_SET_PDEATHSIG).
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_die_with_parent, initargs=(os.getpid(), preload),
     )
+    # A spawned process re-imports the parent's __main__; in a Dagster run worker that is all of
+    # dagster's CLI (seconds per worker). Ours need only `preload`, so they start without it.
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        for _ in range(workers):  # each submit to a pool without an idle worker spawns one
+            pool.submit(os.getpid)
+    finally:
+        sys.modules["__main__"] = main
+    return pool
 
 
 def bounded_map(
@@ -58,10 +69,18 @@ def bounded_map(
         yield pending.popleft().result()
 
 
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """itertools.batched (Python 3.12) for 3.11."""
-    it = iter(items)
-    while chunk := list(islice(it, size)):
+def batched(items: Iterable[T], max_items: int, max_weight: int = 0, size: Callable[[T], int] = lambda _: 0) -> Iterator[list[T]]:
+    """Lists of at most `max_items` items, closed early once their `size` adds up to `max_weight`
+    (so tasks of large files stay small and the workers stay evenly loaded)."""
+    chunk: list[T] = []
+    weight = 0
+    for item in items:
+        chunk.append(item)
+        weight += size(item)
+        if len(chunk) >= max_items or (max_weight and weight >= max_weight):
+            yield chunk
+            chunk, weight = [], 0
+    if chunk:
         yield chunk
 
 

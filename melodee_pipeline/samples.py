@@ -31,20 +31,21 @@ class Tags:
     genre: str | None = None
 
 
-def write_audio(path: str, seconds: float = 0.5, seed: int = 0, pad_to: int = 0) -> None:
-    """A short tone (frequency varies by seed, so files differ byte-wise)."""
+def write_audio(path: str, seconds: float = 0.5, seed: int = 0, noise: bool = False) -> None:
+    """A short tone (frequency varies by seed, so files differ byte-wise), or white noise, which
+    no codec compresses much: a realistic file size for its duration."""
     fmt, subtype, rate = FORMATS[os.path.splitext(path)[1].lower()]
-    t = np.arange(int(rate * seconds)) / rate
-    tone = 0.2 * np.sin(2 * np.pi * (220 + 7 * (seed % 97)) * t)
+    n = int(rate * seconds)
+    rng = np.random.default_rng(seed)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    sf.write(path, tone, rate, format=fmt, subtype=subtype)
-    if pad_to:
-        # Grow the file to a realistic size with a tag frame mediafile keeps (benchmarks only).
-        mf = mediafile.MediaFile(path)
-        current = os.path.getsize(path)
-        if pad_to > current:
-            mf.comments = "x" * (pad_to - current)
-            mf.save()
+    # One second per write: libsndfile's Vorbis encoder crashes on very large single writes.
+    with sf.SoundFile(path, "w", rate, 2 if noise else 1, subtype, format=fmt) as out:
+        for start in range(0, n, rate):
+            count = min(rate, n - start)
+            if noise:
+                out.write(rng.uniform(-0.5, 0.5, (count, 2)))
+            else:
+                out.write(0.2 * np.sin(2 * np.pi * (220 + 7 * (seed % 97)) * np.arange(start, start + count) / rate))
 
 
 def tag(path: str, tags: Tags) -> None:
@@ -55,7 +56,7 @@ def tag(path: str, tags: Tags) -> None:
     mf.save()
 
 
-def make_track(path: str, tags: Tags, seed: int = 0, seconds: float = 0.5, pad_to: int = 0) -> str:
-    write_audio(path, seconds, seed, pad_to)
+def make_track(path: str, tags: Tags, seed: int = 0, seconds: float = 0.5) -> str:
+    write_audio(path, seconds, seed)
     tag(path, tags)
     return path

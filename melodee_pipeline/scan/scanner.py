@@ -14,7 +14,7 @@ from melodee_pipeline.scan.tags import display_path, read_media_files
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
 BATCH = 500  # rows per SQLite transaction
-TASK_FILES = 32  # files per worker task
+TASK_FILES, TASK_BYTES = 32, 16 << 20  # per worker task: many small files or a few large ones
 PROGRESS_EVERY = 1000
 COLUMNS = (
     "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
@@ -70,8 +70,9 @@ def scan_inbound(
     paths = walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip)
     pool = process_pool(workers, ["melodee_pipeline.scan.tags"]) if workers > 1 else None
     try:
-        rows = (row for chunk in bounded_map(read_media_files, batched(paths, TASK_FILES), pool, window=workers * 4)
-                for row in chunk)
+        tasks = batched(paths, TASK_FILES, TASK_BYTES, size=lambda item: item[1])
+        tasks = ([path for path, _size in task] for task in tasks)
+        rows = (row for chunk in bounded_map(read_media_files, tasks, pool, window=workers * 4) for row in chunk)
         for row in rows:
             faults.point("scanned_file")
             row["created_at"] = now_iso

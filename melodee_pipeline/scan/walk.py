@@ -23,8 +23,8 @@ class Skip:
     file_count: int
 
 
-def walk_inbound(root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None]) -> Iterator[bytes]:
-    """Yield media file paths (bytes, so any file name works) in a stable order.
+def walk_inbound(root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None]) -> Iterator[tuple[bytes, int]]:
+    """Yield (path, size) of media files, paths as bytes so any file name works, in a stable order.
 
     A directory holding any file modified less than `min_file_age_seconds` ago is still being
     copied in; its files are skipped whole and reported through `on_skip`.
@@ -49,10 +49,11 @@ def walk_inbound(root: str, min_file_age_seconds: int, now: float, on_skip: Call
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
-                    if min_file_age_seconds and entry.stat(follow_symlinks=False).st_mtime > now - min_file_age_seconds:
+                    st = entry.stat(follow_symlinks=False)
+                    if min_file_age_seconds and st.st_mtime > now - min_file_age_seconds:
                         young = True
                     if is_media(entry.name):
-                        media.append(entry.path)
+                        media.append((entry.path, st.st_size))
             except OSError as exc:
                 on_skip(Skip(entry.path, f"cannot stat: {exc.strerror}", 1))
         stack.extend(reversed(subdirs))
