@@ -114,6 +114,12 @@ def cmd_process_scan(args) -> int:
         g = group_albums(args.scan)
         s = stage_albums(args.scan, staging, workers=args.workers, rate_limit=args.rate_limit, dry_run=args.dry_run)
         rows = record_staging_items(engine, staging, dry_run=args.dry_run) if engine else None
+    from melodee_pipeline.scan import scandb
+
+    conn = scandb.open_existing(args.scan)
+    info = {k: scandb.get_info(conn, k) for k in ("files", "valid", "invalid", "skipped")}
+    conn.close()
+    print(f"files {info['files']}, valid {info['valid']}, invalid {info['invalid']}, skipped {info['skipped']}")
     print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}; files moved {s.files_moved}, "
           f"duplicates (already staged) {s.already_staged}, renamed {s.renamed}, failed {s.files_failed}"
           + (" [dry run: nothing moved]" if args.dry_run else ""))

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import types
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,22 +32,27 @@ def _die_with_parent(parent_pid: int, preload: list[str]) -> None:
 
 
 def process_pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
-    # spawn, not fork: the parent (a Dagster run) has threads, and fork with threads can deadlock.
-    # Not forkserver either: its workers are the server's children, so they would outlive a
-    # SIGKILLed parent, whereas spawned workers are ours and die with us (PR_SET_PDEATHSIG).
+    """Worker processes that die with this one (PR_SET_PDEATHSIG), so a SIGKILLed run leaves none behind.
+
+    fork when this process has no other thread: the cheapest start, and safe. Otherwise (a Dagster
+    run worker has threads, and fork with threads can deadlock) spawn. Not forkserver: its workers
+    are the server's children, and would outlive a SIGKILLed parent.
+    """
+    method = "fork" if threading.active_count() == 1 else "spawn"
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        max_workers=workers, mp_context=multiprocessing.get_context(method),
         initializer=_die_with_parent, initargs=(os.getpid(), preload),
     )
-    # A spawned process re-imports the parent's __main__; in a Dagster run worker that is all of
-    # dagster's CLI (seconds per worker). Ours need only `preload`, so they start without it.
-    main = sys.modules["__main__"]
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        for _ in range(workers):  # each submit to a pool without an idle worker spawns one
-            pool.submit(os.getpid)
-    finally:
-        sys.modules["__main__"] = main
+    if method == "spawn":
+        # A spawned process re-imports the parent's __main__; in a Dagster run worker that is all
+        # of dagster's CLI (seconds per worker). Ours need only `preload`, so they start without it.
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            for _ in range(workers):  # each submit to a pool without an idle worker spawns one
+                pool.submit(os.getpid)
+        finally:
+            sys.modules["__main__"] = main
     return pool
 
 

@@ -67,6 +67,15 @@ def env(db_url, tmp_path, monkeypatch) -> dict:
 
 
 @pytest.fixture
+def dirs(tmp_path) -> dict[str, Path]:
+    """Empty inbound, staging and scan DB directories, for tests that need no database."""
+    d = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
+    for p in d.values():
+        p.mkdir()
+    return d
+
+
+@pytest.fixture
 def libs(engine, tmp_path) -> dict[str, Path]:
     """An initialised database with inbound and staging libraries and a scan DB dir outside both."""
     from melodee_pipeline.libraries import add_library

@@ -8,7 +8,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +16,6 @@ from melodee_pipeline.samples import Tags, make_track
 from melodee_pipeline.scan.scanner import scan_inbound
 from melodee_pipeline.staging.stage import stage_albums
 from melodee_pipeline_tests.conftest import album, snapshot
-
-
-@pytest.fixture
-def dirs(tmp_path):
-    d = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
-    for p in d.values():
-        p.mkdir()
-    return d
 
 
 def scanned(dirs) -> str:
@@ -58,13 +49,13 @@ def test_inbound_disappearing_mid_run_loses_nothing(dirs):
     assert sorted(snapshot(moved_away).values()) == sorted(before.values())
 
 
-def test_staging_root_missing_is_a_clear_error(dirs, capsys):
+def test_staging_root_missing_is_a_clear_error(dirs, capsys, monkeypatch):
     from melodee_pipeline.cli import main
 
     album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".mp3")
     scan_db = scanned(dirs)
-    os.environ.pop("MELODEE_DATABASE_URL", None)
-    os.environ["MELODEE_HOME"] = str(dirs["scans"] / "nohome")
+    monkeypatch.delenv("MELODEE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("MELODEE_HOME", str(dirs["scans"] / "nohome"))  # no database configured
     assert main(["process-scan", "--scan", scan_db, "--staging", str(dirs["staging"] / "gone")]) == 2
     assert capsys.readouterr().err == f"error: staging path {dirs['staging'] / 'gone'} does not exist or is not a directory\n"
     assert main(["process-scan", "--scan", str(dirs["scans"] / "nope.db"), "--staging", str(dirs["staging"])]) == 2

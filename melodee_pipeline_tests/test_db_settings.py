@@ -12,7 +12,7 @@ from melodee_pipeline.cli import main
 from melodee_pipeline.db.schema import init_db
 from melodee_pipeline.errors import LibraryError, SettingError
 from melodee_pipeline.libraries import add_library, resolve_libraries
-from melodee_pipeline.settings import SPECS, load_settings, set_setting
+from melodee_pipeline.settings import SPECS, load_settings
 
 
 def test_db_init_creates_tables_and_defaults_and_is_idempotent(engine):

@@ -8,7 +8,6 @@ import sys
 import time
 import warnings
 
-import pytest
 import sqlalchemy as sa
 
 from melodee_pipeline.cli import main
@@ -90,6 +89,10 @@ def test_process_scan_refuses_while_another_run_holds_the_lock(env, libs, engine
     assert capsys.readouterr().err == "error: another staging run is in progress (run run-1234)\n"
     assert (tree(libs["inbound"]), tree(libs["staging"])) == before
     assert main(["process-scan", "--scan", scan_db, "--staging", str(libs["staging"])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "files 1, valid 1, invalid 0, skipped 0"
+    assert out[1].startswith("albums 1, staged 1, failed 0; files moved 1, duplicates (already staged) 0")
+    assert out[2] == "staging_items: wrote 1 new, 0 updated (0 reopened), 0 unchanged"
 
 
 def test_two_real_runs_at_once_one_refused(env, libs, engine, tmp_path, db_url):

@@ -33,14 +33,6 @@ def sidecar(path: Path) -> dict:
     return json.loads((path / "album.melodee.json").read_text())
 
 
-@pytest.fixture
-def dirs(tmp_path):
-    d = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
-    for p in d.values():
-        p.mkdir()
-    return d
-
-
 def test_directory_codes():
     assert [directory_code(a) for a in ("Led Zeppelin", "The Beatles", "AC/DC", "Pink Floyd", "", "the the", "Björk", "!!!")] == \
         ["LZ", "BEA", "ACD", "PF", "UNK", "THE", "BJR", "UNK"]

@@ -10,18 +10,15 @@ from datetime import datetime, timezone
 from melodee_pipeline import faults
 from melodee_pipeline.parallel import batched, bounded_map, process_pool
 from melodee_pipeline.scan import scandb
-from melodee_pipeline.scan.tags import display_path, read_media_files
+from melodee_pipeline.scan.tags import ROW_COLUMNS, display_path, read_media_files
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
 BATCH = 500  # rows per SQLite transaction
 TASK_FILES, TASK_BYTES = 32, 16 << 20  # per worker task: many small files or a few large ones
 PROGRESS_EVERY = 1000
-COLUMNS = (
-    "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
-    "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
-    "sample_rate", "is_valid", "validation_error", "created_at",
-)
+COLUMNS = (*ROW_COLUMNS, "created_at")
 _INSERT = f"INSERT OR REPLACE INTO scanned_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_VALID, _ERROR, _PATH = ROW_COLUMNS.index("is_valid"), ROW_COLUMNS.index("validation_error"), 0
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +72,11 @@ def scan_inbound(
         rows = (row for chunk in bounded_map(read_media_files, tasks, pool, window=workers * 4) for row in chunk)
         for row in rows:
             faults.point("scanned_file")
-            row["created_at"] = now_iso
-            batch.append(tuple(row.get(c) for c in COLUMNS))
+            batch.append((*row, now_iso))
             files += 1
-            valid += row["is_valid"]
-            if not row["is_valid"]:
-                logger.warning(f"invalid file {row['file_path']}: {row['validation_error']}")
+            valid += row[_VALID]
+            if not row[_VALID]:
+                logger.warning(f"invalid file {row[_PATH]}: {row[_ERROR]}")
             if len(batch) >= BATCH:
                 conn.executemany(_INSERT, batch)
                 conn.commit()

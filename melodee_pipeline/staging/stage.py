@@ -36,6 +36,7 @@ from melodee_pipeline.staging.ratelimit import RateLimiter
 log = logging.getLogger(__name__)
 
 MOVE, RENAME, ALREADY = "move", "rename", "already_staged"
+PROGRESS_EVERY = 1000  # files between progress lines
 
 
 @dataclass
@@ -275,9 +276,11 @@ def stage_albums(
             emptied.update(os.path.dirname(a.source) for a in out.actions if not a.error)
             if bad:
                 logger.warning(f"album {out.album.artist} - {out.album.album} ({out.album.rel_dir}): {out.status}: {out.error}")
-            if totals["albums"] % 100 == 0:
+            files_done = totals["moved"] + totals["already"] + totals["files_failed"]
+            if files_done // PROGRESS_EVERY > (files_done - len(out.actions)) // PROGRESS_EVERY:
                 conn.commit()
-                logger.info(f"staged {totals['albums']} albums, {totals['moved']} files moved")
+                logger.info(f"{'planned' if dry_run else 'staged'} {totals['albums']} albums, {files_done} files "
+                            f"({totals['moved']} moved) in {time.monotonic() - started:.1f}s")
     finally:
         if pool is not None:
             pool.shutdown()
