@@ -44,34 +44,28 @@ def cli(args: list[str], env: dict, crash: str | None = None) -> subprocess.Pope
 
 def cycle(dirs: dict, env: dict, crash: str | None = None, kill_after: float | None = None, rate: int = 0) -> bool:
     """scan-inbound then process-scan, as a user would; True if a kill interrupted it."""
-    scan = cli(["scan-inbound", "--path", str(dirs["inbound"]), "--output", str(dirs["scans"]),
-                "--workers", "2", "--min-file-age", "0"], env, crash)
-    started = time.monotonic()
-    if kill_after is not None and _kill_at(scan, started + kill_after):
+    deadline = None if kill_after is None else time.monotonic() + kill_after
+    killed, scan_db = _finish(cli(["scan-inbound", "--path", str(dirs["inbound"]), "--output", str(dirs["scans"]),
+                                   "--workers", "2", "--min-file-age", "0"], env, crash), deadline)
+    if killed:
         return True
-    out, err = scan.communicate(timeout=120)
-    if scan.returncode == -signal.SIGKILL:
-        return True
-    assert scan.returncode == 0, err
-    stage = cli(["process-scan", "--scan", out.strip(), "--staging", str(dirs["staging"]), "--workers", "2",
-                 "--rate-limit", str(rate)], env, crash)
-    if kill_after is not None and _kill_at(stage, started + kill_after):
-        return True
-    _, err = stage.communicate(timeout=120)
-    if stage.returncode == -signal.SIGKILL:
-        return True
-    assert stage.returncode == 0, err
-    return False
+    killed, _ = _finish(cli(["process-scan", "--scan", scan_db.strip(), "--staging", str(dirs["staging"]),
+                             "--workers", "2", "--rate-limit", str(rate)], env, crash), deadline)
+    return killed
 
 
-def _kill_at(proc: subprocess.Popen, deadline: float) -> bool:
-    while proc.poll() is None:
+def _finish(proc: subprocess.Popen, deadline: float | None) -> tuple[bool, str]:
+    """Wait for `proc`, SIGKILLing it at `deadline`; (killed, stdout). A failure other than the kill fails the test."""
+    while deadline is not None and proc.poll() is None:
         if time.monotonic() >= deadline:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
+            break
         time.sleep(0.005)
-    return False
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == -signal.SIGKILL:
+        return True, out
+    assert proc.returncode == 0, err
+    return False, out
 
 
 def crash_points(cross_fs: bool) -> list[str]:

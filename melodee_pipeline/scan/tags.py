@@ -6,12 +6,14 @@ Runs inside worker processes: mediafile is pure Python, so tag parsing is bound 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from datetime import datetime, timezone
 
 import mediafile
 
 CHUNK = 1 << 20
+IN_MEMORY_BYTES = 64 << 20  # read whole below this size
 
 
 def sha256_file(path: bytes | str) -> str:
@@ -57,8 +59,17 @@ def read_media_file(path: bytes) -> dict:
         row["validation_error"] = "empty file"
         return row
     try:
-        row["file_hash"] = sha256_file(path)
-        mf = mediafile.MediaFile(os.fsdecode(path))
+        if st.st_size <= IN_MEMORY_BYTES:
+            # One read serves both the hash and the tag parser.
+            with open(path, "rb") as f:
+                data = f.read()
+            row["file_hash"] = hashlib.sha256(data).hexdigest()
+            source = io.BytesIO(data)
+            source.name = os.fsdecode(path)  # mutagen weighs the extension when guessing the format
+        else:
+            row["file_hash"] = sha256_file(path)
+            source = os.fsdecode(path)
+        mf = mediafile.MediaFile(source)
     except PermissionError as exc:
         row["validation_error"] = f"unreadable: {exc.strerror}"
         return row
