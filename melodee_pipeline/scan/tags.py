@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import mediafile
 
 CHUNK = 1 << 20
-IN_MEMORY_BYTES = 64 << 20  # read whole below this size
+IN_MEMORY_BYTES = 4 << 20  # smaller files are read once for hash and tags; larger ones are streamed
 
 
 def sha256_file(path: bytes | str) -> str:
