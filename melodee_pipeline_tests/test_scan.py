@@ -112,3 +112,17 @@ def test_old_scan_dbs_are_pruned(tmp_path):
     (tmp_path / "in").mkdir()
     made = [scan_inbound(str(tmp_path / "in"), str(tmp_path / "scans"), workers=1, keep_scan_dbs=2).scan_db for _ in range(4)]
     assert sorted(str(p) for p in (tmp_path / "scans").glob("scan_*.db")) == sorted(made[-2:])
+
+
+def test_streamed_and_in_memory_reads_agree(tmp_path, monkeypatch):
+    """Small files are read once for hash and tags, large ones streamed; both give the same row."""
+    from melodee_pipeline.scan import tags
+
+    paths = []
+    for i, ext in enumerate(FORMATS):
+        paths.append(os.fsencode(make_track(str(tmp_path / f"f{ext}"), Tags("A", "B", f"T{i}", "AA", i + 1, 1, 2001), seed=i)))
+    in_memory = [tags.read_media_file(p) for p in paths]
+    monkeypatch.setattr(tags, "IN_MEMORY_BYTES", 0)
+    streamed = [tags.read_media_file(p) for p in paths]
+    assert in_memory == streamed
+    assert all(r["is_valid"] == 1 and r["title"] == f"T{i}" for i, r in enumerate(streamed))
