@@ -7,7 +7,7 @@ invalid value is never replaced by the default: it raises `SettingError` naming 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Callable
 
@@ -91,9 +91,6 @@ class StagingScanSettings:
     scan_db_data_path: str
     min_file_age_seconds: int
     keep_scan_dbs: int
-
-    def as_run_config(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def parse_value(key: str, value: str | None) -> Any:
