@@ -7,6 +7,7 @@ database down, after moving files is healed by the next run, and a rerun changes
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,8 +51,6 @@ def iter_album_dirs(staging_root: str) -> Iterator[str]:
 
 
 def _row(album_dir: str, data: bytes) -> dict:
-    import json
-
     doc = json.loads(data)
     tracks = doc.get("tracks") or []
     return {
