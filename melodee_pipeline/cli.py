@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence
 
-from melodee_pipeline.errors import UserError
+from melodee_pipeline.errors import RunFailed, UserError
 
 
 def _engine():
@@ -101,34 +101,37 @@ def _database_configured() -> bool:
 
 
 def cmd_process_scan(args) -> int:
+    import logging
     from contextlib import nullcontext
 
-    from melodee_pipeline.grouping import group_albums
+    from melodee_pipeline import cycle
     from melodee_pipeline.lock import staging_lock
-    from melodee_pipeline.records import record_staging_items
-    from melodee_pipeline.staging.stage import stage_albums
 
-    staging = os.path.abspath(args.staging)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    staging = os.path.normpath(os.path.abspath(args.staging))
     engine = _engine() if _database_configured() else None
+    run = cycle.run_from_scan_db(args.scan, staging, workers=args.workers, rate_limit=args.rate_limit, dry_run=args.dry_run)
     with staging_lock(engine, f"process-scan (pid {os.getpid()})") if engine else nullcontext():
-        g = group_albums(args.scan)
-        s = stage_albums(args.scan, staging, workers=args.workers, rate_limit=args.rate_limit, dry_run=args.dry_run)
-        rows = record_staging_items(engine, staging, dry_run=args.dry_run) if engine else None
+        g, s, rows = cycle.stage_scan(run, engine, logging.getLogger("melodee_pipeline"))
     from melodee_pipeline.scan import scandb
 
     conn = scandb.open_existing(args.scan)
     info = {k: scandb.get_info(conn, k) for k in ("files", "valid", "invalid", "skipped")}
     conn.close()
     print(f"files {info['files']}, valid {info['valid']}, invalid {info['invalid']}, skipped {info['skipped']}")
-    print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}; files moved {s.files_moved}, "
+    verb = "would move" if args.dry_run else "moved"
+    print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}; files {verb} {s.files_moved}, "
           f"duplicates (already staged) {s.already_staged}, renamed {s.renamed}, failed {s.files_failed}"
+          + (f"; {s.recovered} interrupted album file(s) finished first" if s.recovered else "")
           + (" [dry run: nothing moved]" if args.dry_run else ""))
     if rows is None:
-        print("no database configured (MELODEE_DATABASE_URL unset, no embedded database): staging_items not recorded")
+        print("no database configured (MELODEE_DATABASE_URL unset, no embedded database): staging_items not recorded; "
+              "the next run with a database records them")
     else:
         verb = "would write" if args.dry_run else "wrote"
-        print(f"staging_items: {verb} {rows.inserted} new, {rows.updated} updated ({rows.reopened} reopened), {rows.unchanged} unchanged")
-    return 1 if s.albums_failed else 0
+        print(f"staging_items: {verb} {rows.inserted} new, {rows.updated} updated ({rows.reopened} reopened), "
+              f"{rows.unchanged} unchanged, {rows.deleted_kept} deleted by the admin left deleted")
+    return 0
 
 
 def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit: int | None = None,
@@ -290,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.fn(args)
+    except RunFailed as exc:
+        print(f"error: run failed: {exc}", file=sys.stderr)
+        return 1
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

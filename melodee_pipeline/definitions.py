@@ -11,5 +11,11 @@ _database = MelodeeDatabase()
 defs = dg.Definitions(
     jobs=[staging_scan_job],
     sensors=[staging_scan_sensor],
-    resources={"database": _database, "staging_lock": StagingRunLock(database=_database)},
+    resources={
+        "database": _database,
+        "staging_lock": StagingRunLock(database=_database),
+        # Outputs on disk under DAGSTER_HOME (not in memory), so any run, a CLI one included,
+        # can be re-executed from a failed op in the UI.
+        "io_manager": dg.FilesystemIOManager(),
+    },
 )

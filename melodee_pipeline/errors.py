@@ -21,3 +21,11 @@ class DatabaseUnavailable(UserError):
 
 class StagingLocked(UserError):
     """Another staging run holds the advisory lock."""
+
+
+class StagingFull(UserError):
+    """The staging filesystem cannot hold the next album: the run stops starting albums and fails."""
+
+
+class RunFailed(UserError):
+    """The run did its work and failed at it (every album failed): exit 1, not a usage error."""

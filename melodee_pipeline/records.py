@@ -1,8 +1,14 @@
-"""record_staging_items (SPEC §8): one `staging_items` row per album directory, derived from sidecars.
+"""record_staging_items: one `staging_items` row per album a run touched (docs/design.md, "Rows").
 
-Rows are a projection of the sidecars in the staging tree, not of this run's moves: every run
-upserts each sidecar whose checksum differs from its row. So a run that crashed, or found the
-database down, after moving files is healed by the next run, and a rerun changes nothing.
+The work list is the journal's `staged` entries: albums whose sidecar this run (or an earlier,
+interrupted one) changed and whose row is not committed yet. An entry is removed only after its
+row is committed, so a crash or a database outage is healed by the next run, and a run never
+walks the staging tree (`reconcile.py` does, on demand).
+
+The admin's decisions stand: a row that is gone while its sidecar stays was deleted on purpose
+(rejected and removed, or promoted by Melodee), so it is re-created only when the album gained
+tracks since. What Postgres cannot hold never stops a run: names are shortened to fit Melodee's
+artist/album index, NULs removed, and a row Postgres still refuses fails that album's row alone.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -19,9 +24,15 @@ from sqlalchemy.dialects.postgresql import insert
 from melodee_pipeline import faults
 from melodee_pipeline.db.engine import unavailable
 from melodee_pipeline.db.schema import staging_items
+from melodee_pipeline.errors import UserError
+from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.paths import truncate_utf8
 
 BATCH = 500
+# idx_staging_artist_album holds (artist_name, album_name) in one B-tree entry of at most 2704
+# bytes; 1200 bytes each leaves room for the tuple header. The sidecar keeps the whole names.
+MAX_NAME_BYTES = 1200
 
 
 @dataclass
@@ -30,101 +41,160 @@ class RecordResult:
     updated: int = 0
     reopened: int = 0
     unchanged: int = 0
+    deleted_kept: int = 0  # rows the admin deleted, left deleted (the album gained no tracks)
+    gone: int = 0  # albums that left staging before their row was written
+    refused: list[str] = field(default_factory=list)  # album dir: reason, per row Postgres refused
     unreadable: list[str] = field(default_factory=list)
-    dry_run: bool = False
 
 
-def iter_album_dirs(staging_root: str) -> Iterator[str]:
-    """Album directories hold a sidecar at depth three: <code>/<artist>/<year - album>/."""
-    def subdirs(path: str) -> list[str]:
-        try:
-            with os.scandir(path) as it:
-                return sorted(e.path for e in it if e.is_dir(follow_symlinks=False))
-        except OSError:
-            return []
-
-    for code in subdirs(staging_root):
-        for artist in subdirs(code):
-            for album in subdirs(artist):
-                if os.path.isfile(os.path.join(album, sc.SIDECAR_NAME)):
-                    yield album
+def _name(value: object) -> str:
+    text = str(value or "").replace("\x00", "")
+    return truncate_utf8(text, MAX_NAME_BYTES)
 
 
-def _row(album_dir: str, data: bytes) -> dict:
+def _timestamp(value: object) -> datetime:
+    """Naive UTC, as Melodee's `timestamp` columns hold."""
+    try:
+        ts = datetime.fromisoformat(str(value))
+    except ValueError:
+        ts = datetime.now(timezone.utc)
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+    return ts
+
+
+def sidecar_row(album_dir: str, data: bytes) -> dict:
     doc = json.loads(data)
     tracks = doc.get("tracks") or []
     return {
-        "scan_id": str(doc.get("scan_id") or ""),
+        "scan_id": str(doc.get("scan_id") or "").replace("\x00", ""),
         "staging_path": album_dir,
         "metadata_file": os.path.join(album_dir, sc.SIDECAR_NAME),
-        "artist_name": (doc.get("artist") or {}).get("name") or "",
-        "album_name": (doc.get("album") or {}).get("name") or "",
+        "artist_name": _name((doc.get("artist") or {}).get("name")),
+        "album_name": _name((doc.get("album") or {}).get("name")),
         "track_count": len(tracks),
         "total_size": sum(int(t.get("file_size") or 0) for t in tracks),
-        "processed_at": doc.get("processed_at") or datetime.now(timezone.utc).isoformat(),
+        "processed_at": _timestamp(doc.get("processed_at")),
         "status": "pending_review",
+        "notes": "",
         "checksum": sc.checksum(data),
     }
 
 
-def _batches(staging_root: str, result: RecordResult) -> Iterator[list[dict]]:
-    batch = []
-    for album_dir in iter_album_dirs(staging_root):
-        try:
-            with open(os.path.join(album_dir, sc.SIDECAR_NAME), "rb") as f:
-                batch.append(_row(album_dir, f.read()))
-        except (OSError, ValueError) as exc:
-            result.unreadable.append(f"{album_dir}: {exc}")
-            continue
-        if len(batch) >= BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def read_row(album_dir: str) -> dict:
+    with open(os.path.join(album_dir, sc.SIDECAR_NAME), "rb") as f:
+        return sidecar_row(album_dir, f.read())
+
+
+def is_disconnect(exc: sa.exc.DBAPIError) -> bool:
+    """The server could not be reached or went away, as opposed to refusing a statement."""
+    code = getattr(exc.orig, "pgcode", None)
+    return exc.connection_invalidated or code is None or code.startswith("08") or code.startswith("57P")
+
+
+def database_error(engine: sa.Engine, exc: sa.exc.DBAPIError) -> UserError:
+    if is_disconnect(exc):
+        return unavailable(engine, exc)
+    first = str(exc.orig or exc).strip().splitlines()
+    return UserError(f"database error: {first[0] if first else type(exc).__name__}")
 
 
 def record_staging_items(engine: sa.Engine, staging_root: str, *, dry_run: bool = False) -> RecordResult:
-    try:
-        return _record(engine, staging_root, dry_run)
-    except sa.exc.DBAPIError as exc:
-        # Rows are derived from the sidecars, so the next run records whatever this one could not.
-        raise unavailable(engine, exc) from None
-
-
-def _record(engine: sa.Engine, staging_root: str, dry_run: bool) -> RecordResult:
-    result = RecordResult(dry_run=dry_run)
-    t = staging_items
+    """Write the rows of the journal's pending albums; a dry run writes nothing and has none."""
+    result = RecordResult()
+    if dry_run:
+        return result
+    root = os.path.normpath(staging_root)
+    pending, result.unreadable = journal.entries(root, journal.STAGED)
     faults.point("before_record")  # sidecars complete, rows not yet written
-    for batch in _batches(staging_root, result):
-        with engine.begin() as conn:
-            current = {
-                r.staging_path: r
-                for r in conn.execute(
-                    sa.select(t.c.staging_path, t.c.checksum, t.c.track_count, t.c.status).where(
-                        t.c.staging_path.in_([b["staging_path"] for b in batch])
-                    )
-                )
-            }
-            changed = []
-            for row in batch:
-                old = current.get(row["staging_path"])
-                if old is None:
-                    result.inserted += 1
-                elif old.checksum == row["checksum"]:
-                    result.unchanged += 1
-                    continue
-                else:
-                    result.updated += 1
-                    if old.status in ("approved", "rejected") and row["track_count"] > (old.track_count or 0):
-                        result.reopened += 1
-                changed.append(row)
-            if changed and not dry_run:
-                _upsert(conn, changed)
+    try:
+        for start in range(0, len(pending), BATCH):
+            _record_batch(engine, root, pending[start:start + BATCH], result)
+    except sa.exc.DBAPIError as exc:
+        # The journal entries stay, so the next run records whatever this one could not.
+        raise database_error(engine, exc) from None
+    journal.remove_dir_if_empty(root)
     return result
 
 
-def _upsert(conn: sa.Connection, rows: list[dict]) -> None:
+def _record_batch(engine: sa.Engine, root: str, batch: list[journal.Entry], result: RecordResult) -> None:
+    rows, gained, done = [], {}, []
+    for entry in batch:
+        album_dir = os.path.join(root, entry.album_dir)
+        try:
+            row = read_row(album_dir)
+        except FileNotFoundError:
+            result.gone += 1  # promoted or removed meanwhile: nothing to review
+            done.append(entry)
+            continue
+        except (OSError, ValueError) as exc:
+            result.unreadable.append(f"{album_dir}: {exc}")
+            continue
+        rows.append(row)
+        gained[album_dir] = entry.gained
+        done.append(entry)
+    with engine.begin() as conn:
+        current = existing_rows(conn, [r["staging_path"] for r in rows])
+    write = []
+    for row in rows:
+        old = current.get(row["staging_path"])
+        if old is None and not gained[row["staging_path"]]:
+            result.deleted_kept += 1
+        elif old is not None and old.checksum == row["checksum"]:
+            result.unchanged += 1
+        else:
+            write.append(row)
+    refused = upsert_rows(engine, write, result)
+    for entry in done:
+        if os.path.join(root, entry.album_dir) not in refused:
+            journal.remove(root, entry.album_dir)
+
+
+def existing_rows(conn: sa.Connection, paths: list[str]) -> dict:
     t = staging_items
+    if not paths:
+        return {}
+    query = sa.select(t.c.staging_path, t.c.checksum, t.c.track_count, t.c.status).where(t.c.staging_path.in_(paths))
+    return {r.staging_path: r for r in conn.execute(query)}
+
+
+def upsert_rows(engine: sa.Engine, rows: list[dict], result: RecordResult) -> set[str]:
+    """One transaction for the batch; if Postgres refuses it, one per row, so a row it still
+    refuses fails alone. Returns the staging paths of refused rows."""
+    if not rows:
+        return set()
+    try:
+        with engine.begin() as conn:
+            counts = _upsert(conn, rows)
+        _add(result, counts)
+        return set()
+    except sa.exc.DBAPIError as exc:
+        if is_disconnect(exc):
+            raise
+    refused = set()
+    for row in rows:
+        try:
+            with engine.begin() as conn:
+                counts = _upsert(conn, [row])
+            _add(result, counts)
+        except sa.exc.DBAPIError as exc:
+            if is_disconnect(exc):
+                raise
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            result.refused.append(f"{row['staging_path']}: {reason}")
+            refused.add(row["staging_path"])
+    return refused
+
+
+def _add(result: RecordResult, counts: dict) -> None:
+    result.inserted += counts["inserted"]
+    result.updated += counts["updated"]
+    result.reopened += counts["reopened"]
+
+
+def _upsert(conn: sa.Connection, rows: list[dict]) -> dict:
+    t = staging_items
+    before = existing_rows(conn, [r["staging_path"] for r in rows])
     stmt = insert(t)
     ex = stmt.excluded
     # Literal statuses: an expanding IN parameter cannot be used in an executemany.
@@ -154,3 +224,24 @@ def _upsert(conn: sa.Connection, rows: list[dict]) -> None:
         ),
         rows,
     )
+    reopened = sum(1 for r in rows if (old := before.get(r["staging_path"])) is not None
+                   and old.status in ("approved", "rejected") and r["track_count"] > (old.track_count or 0))
+    inserted = sum(1 for r in rows if r["staging_path"] not in before)
+    return {"inserted": inserted, "updated": len(rows) - inserted, "reopened": reopened}
+
+
+def count_planned_rows(engine: sa.Engine, staging_root: str, album_dirs: list[str]) -> RecordResult:
+    """A dry run's forecast: of the albums the plan would move files into, how many rows would
+    be new and how many updated."""
+    root = os.path.normpath(staging_root)
+    paths = [os.path.join(root, d) for d in album_dirs]
+    result = RecordResult()
+    try:
+        with engine.connect() as conn:
+            for start in range(0, len(paths), BATCH):
+                found = existing_rows(conn, paths[start:start + BATCH])
+                result.updated += len(found)
+                result.inserted += len(paths[start:start + BATCH]) - len(found)
+    except sa.exc.DBAPIError as exc:
+        raise database_error(engine, exc) from None
+    return result

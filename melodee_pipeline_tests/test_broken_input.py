@@ -143,7 +143,7 @@ def test_read_only_staging_is_refused_and_keeps_files(shared_dir):
     (staging / "BAN").mkdir()
     os.chmod(staging / "BAN", 0o555)
     proc = unprivileged(["process-scan", "--scan", scan.stdout.strip(), "--staging", str(staging)], str(shared_dir))
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 0, proc.stderr  # only a run in which every album failed exits 1
     assert "staged 1, failed 1" in proc.stdout and "files moved 1" in proc.stdout
     assert len(list(inbound.rglob("*.mp3"))) == 2 and (staging / "OTH" / "Other" / "2002 - Disc" / "01 - Three.mp3").exists()
 

@@ -70,10 +70,11 @@ def _finish(proc: subprocess.Popen, deadline: float | None) -> tuple[bool, str]:
 
 def crash_points(cross_fs: bool) -> list[str]:
     points = [f"scanned_file:{n}" for n in (1, 5, 12)]
-    points += [f"after_intent_sidecar:{n}" for n in (1, 2, 3)]
-    points += [f"after_move:{n}" for n in range(1, VALID_FILES + 1)]
-    points += [f"before_unlink_source:{n}" for n in range(1, VALID_FILES + 1, 1 if not cross_fs else 3)]
-    points += [f"before_final_sidecar:{n}" for n in (1, 3)]
+    points += [f"after_journal:{n}" for n in (1, 2, 3)]
+    points += [f"after_place:{n}" for n in range(1, VALID_FILES + 1)]
+    points += [f"before_unlink_sources:{n}" for n in (1, 2, 3)]
+    points += [f"after_unlink:{n}" for n in range(1, VALID_FILES + 1, 1 if not cross_fs else 3)]
+    points += [f"before_sidecar:{n}" for n in (1, 3)]
     points += ["before_record:1"]
     if cross_fs:
         points += [f"copy_written:{n}" for n in range(1, VALID_FILES + 1, 2)]
@@ -113,8 +114,7 @@ def test_sigkill_at_every_crash_point_loses_nothing_and_converges(template, db_u
             conn.execute(sa.text("TRUNCATE staging_items"))
         try:
             killed = cycle(dirs, env, crash=point, kill_after=kill_after, rate=20 if kill_after else 0)
-            assert killed or point is None or point.startswith("before_unlink_source") and layout == "cross-fs", \
-                f"{point} was never reached"
+            assert killed or point is None, f"{point} was never reached"
             after_crash = lost(original, dirs["inbound"], dirs["staging"])
             cycle(dirs, env)  # the next run, undisturbed
             report = converged(valid, invalid, dirs["inbound"], dirs["staging"], engine)
@@ -133,7 +133,7 @@ def test_sigkill_at_every_crash_point_loses_nothing_and_converges(template, db_u
     assert tried >= 50
 
 
-@pytest.mark.parametrize("point", ["after_move:3", "before_record:1"])
+@pytest.mark.parametrize("point", ["after_place:3", "before_record:1"])
 def test_sigkill_during_a_dagster_run_converges_on_the_next_run(point, template, env, libs, engine, db_url, tmp_path):
     shutil.rmtree(libs["inbound"])
     shutil.copytree(template, libs["inbound"])

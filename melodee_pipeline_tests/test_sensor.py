@@ -163,9 +163,13 @@ def test_schedule_change_in_database_applies_on_next_tick(sensor_env, engine):
     assert tick(NOW - timedelta(minutes=5)).run_key == "2026-11-28T12:00:00+00:00"
 
 
-def test_unreachable_database_skips_with_masked_url(libs):
-    database = MelodeeDatabase(url="postgresql://u:secret@127.0.0.1:9/db")
-    ctx = dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), cursor=NOW.isoformat(),
-                                  resources={"database": database})
-    skip = evaluate(ctx, database, NOW)
+def test_unreachable_database_skips_with_masked_url_and_keeps_the_due_tick(sensor_env, db_url):
+    instance, _, _ = sensor_env
+    before = (datetime.now(timezone.utc) - timedelta(minutes=2)).isoformat()
+    down = MelodeeDatabase(url="postgresql://u:secret@127.0.0.1:9/db")
+    ctx = dg.build_sensor_context(instance=instance, cursor=before, resources={"database": down})
+    skip = staging_scan_sensor(ctx)
     assert "cannot connect to database postgresql+psycopg2://u:***@127.0.0.1:9/db" in skip.skip_message
+    assert "secret" not in skip.skip_message and ctx.cursor == before  # the tick due meanwhile is not lost
+    ctx = dg.build_sensor_context(instance=instance, cursor=ctx.cursor, resources={"database": MelodeeDatabase(url=db_url)})
+    assert isinstance(staging_scan_sensor(ctx), dg.RunRequest) and ctx.cursor != before

@@ -1,7 +1,8 @@
-"""The four ops of staging_scan_job: thin calls into the library, plus logs and UI metadata.
+"""The four ops of staging_scan_job: thin calls into `cycle.py`, plus logs and UI metadata.
 
-Ops hand each other a small dict around the scan DB path (never lists of files), so a run can be
-re-executed from a failed op.
+Ops hand each other a `StagingRun` (the scan DB path and the run's settings, never lists of
+files), so a run can be re-executed from a failed op. Every op requires the staging lock, so
+Dagster takes it for any subset of steps, a re-execution included.
 """
 
 
@@ -9,21 +10,21 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Iterator, Optional
 
 import dagster as dg
 import sqlalchemy as sa
 
-from melodee_pipeline.cycle import plan_cycle
-from melodee_pipeline.errors import UserError
-from melodee_pipeline.grouping import group_albums as group_scan
+from melodee_pipeline import cycle
+from melodee_pipeline.errors import DatabaseUnavailable, UserError
+from melodee_pipeline.grouping import group_albums as group_scan_db
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
-from melodee_pipeline.records import record_staging_items as record_rows
 from melodee_pipeline.scan.scanner import scan_inbound as scan_tree
-from melodee_pipeline.staging.stage import stage_albums as stage_scan
+from melodee_pipeline.staging.stage import prepare_staging, stage_albums as stage_scan_db
 
 ALBUM_TABLE_ROWS = 500
+SENSOR_TICK_TAG = "melodee/tick"
 
 
 class ScanConfig(dg.Config):
@@ -36,36 +37,42 @@ class ScanConfig(dg.Config):
 
 
 @contextmanager
-def hard_failure() -> Iterator[None]:
-    """User-facing errors fail the run with their own message, not a traceback."""
+def hard_failure(retry: bool = False) -> Iterator[None]:
+    """User-facing errors fail the run with their own message, not a traceback. Only an
+    unreachable database is worth a retry (`retry`: the op has a RetryPolicy)."""
     try:
         yield
+    except DatabaseUnavailable as exc:
+        raise dg.Failure(description=str(exc), allow_retries=retry) from exc
     except (UserError, OSError, sqlite3.Error) as exc:
-        raise dg.Failure(description=str(exc)) from exc
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     except sa.exc.DBAPIError as exc:  # the database went away mid-op
-        raise dg.Failure(description=f"database error: {str(exc.orig or exc).strip().splitlines()[0]}") from exc
+        raise dg.Failure(description=f"database error: {str(exc.orig or exc).strip().splitlines()[0]}",
+                         allow_retries=retry) from exc
 
 
-@dg.op(out=dg.Out(dict, is_required=False), tags={"kind": "scan"})
+@dg.op(out=dg.Out(cycle.StagingRun, is_required=False), tags={"kind": "scan"})
 def scan_inbound(context: dg.OpExecutionContext, config: ScanConfig, database: MelodeeDatabase, staging_lock: StagingRunLock):
     with hard_failure():
         with database.engine().connect() as conn:
-            plan = plan_cycle(conn, config.model_dump())
-        s, libs = plan.settings, plan.libraries
+            setup = cycle.setup_cycle(conn, config.model_dump())
+        s, libs = setup.settings, setup.libraries
+        if SENSOR_TICK_TAG in context.run.tags and not s.enabled:
+            context.log.warning("staging_scan.enabled was set to false after the sensor queued this run; nothing to do")
+            return
         if libs.locked:
             context.log.warning(f"{libs.locked.type} library {libs.locked.name!r} (id {libs.locked.id}) is locked; nothing to do")
             return
+        if not s.dry_run:
+            prepare_staging(libs.staging.path, context.log)  # finish interrupted albums before inbound is read
         result = scan_tree(
             libs.inbound.path, s.scan_db_data_path, workers=s.workers,
             min_file_age_seconds=s.min_file_age_seconds, keep_scan_dbs=s.keep_scan_dbs, logger=context.log,
         )
+    run = cycle.StagingRun(result.scan_id, result.scan_db, libs.inbound.path, libs.staging.path, s.dry_run, s.workers,
+                           s.rate_limit, time.time() - result.seconds, result.files, result.skipped)
     yield dg.Output(
-        {
-            "scan_id": result.scan_id, "scan_db": result.scan_db, "inbound_path": libs.inbound.path,
-            "staging_path": libs.staging.path, "dry_run": s.dry_run, "workers": s.workers,
-            "rate_limit": s.rate_limit, "started": time.time() - result.seconds,
-            "files": result.files, "files_skipped": result.skipped,
-        },
+        run,
         metadata={
             "scan_id": result.scan_id, "scan_db": dg.MetadataValue.path(result.scan_db),
             "inbound_path": dg.MetadataValue.path(libs.inbound.path), "files": result.files,
@@ -76,67 +83,76 @@ def scan_inbound(context: dg.OpExecutionContext, config: ScanConfig, database: M
 
 
 @dg.op(tags={"kind": "group"})
-def group_albums(context: dg.OpExecutionContext, scan: dict) -> dg.Output[dict]:
+def group_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_lock: StagingRunLock) -> cycle.StagingRun:
     with hard_failure():
-        result = group_scan(scan["scan_db"])
+        result = group_scan_db(run.scan_db)
     context.log.info(f"grouped {result.files} valid files into {result.albums} albums")
-    return dg.Output(scan, metadata={"albums": result.albums, "files": result.files})
+    context.add_output_metadata({"albums": result.albums, "files": result.files})
+    return run
 
 
 ALBUM_COLUMNS = [("artist", "string"), ("album", "string"), ("year", "int"), ("staging_dir", "string"),
                  ("status", "string"), ("tracks", "int"), ("moved", "int"), ("already_staged", "int"),
-                 ("failed", "int"), ("error", "string")]
+                 ("failed", "int"), ("error", "string"), ("warnings", "string")]
 
 
-def _albums_table(scan_db: str) -> dg.TableMetadataValue:
+def _albums_table(scan_db: str, dry_run: bool) -> dg.TableMetadataValue:
     """Failed albums first, then the rest by staging path; at most ALBUM_TABLE_ROWS rows."""
     names = [c for c, _ in ALBUM_COLUMNS]
     with sqlite3.connect(scan_db) as conn:
         rows = conn.execute(
-            f"SELECT {', '.join(names)} FROM albums ORDER BY status NOT IN ('failed', 'partial'), staging_dir "
+            f"SELECT {', '.join(names)} FROM albums ORDER BY status NOT IN ('failed', 'partial', 'not_started'), staging_dir "
             f"LIMIT {ALBUM_TABLE_ROWS}"
         ).fetchall()
+    columns = [("would_move" if dry_run and c == "moved" else c, t) for c, t in ALBUM_COLUMNS]
     return dg.MetadataValue.table(
-        records=[dg.TableRecord({c: (v if v is not None else ("" if t == "string" else 0)) for (c, t), v in zip(ALBUM_COLUMNS, r)})
+        records=[dg.TableRecord({c: (v if v is not None else ("" if t == "string" else 0)) for (c, t), v in zip(columns, r)})
                  for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in ALBUM_COLUMNS]),
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, t) for c, t in columns]),
     )
 
 
 @dg.op(tags={"kind": "stage"})
-def stage_albums(context: dg.OpExecutionContext, scan: dict) -> dg.Output[dict]:
+def stage_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_lock: StagingRunLock) -> cycle.StagingRun:
     with hard_failure():
-        result = stage_scan(
-            scan["scan_db"], scan["staging_path"], workers=scan["workers"], rate_limit=scan["rate_limit"],
-            dry_run=scan["dry_run"], logger=context.log,
-        )
-    counts = asdict(result)
-    return dg.Output(
-        {**scan, "stage": counts},
-        metadata={**{k: v for k, v in counts.items() if k != "seconds"}, "seconds": round(result.seconds, 2),
-                  "plan" if result.dry_run else "albums": _albums_table(scan["scan_db"])},
-    )
+        result = stage_scan_db(run.scan_db, run.staging_path, workers=run.workers, rate_limit=run.rate_limit,
+                               dry_run=run.dry_run, logger=context.log)
+        cycle.check_stage_outcome(result)
+    counts = {k: v for k, v in asdict(result).items() if k != "seconds"}
+    if run.dry_run:
+        counts["files_to_move"] = counts.pop("files_moved")
+    context.add_output_metadata({**counts, "seconds": round(result.seconds, 2),
+                                 "plan" if run.dry_run else "albums": _albums_table(run.scan_db, run.dry_run)})
+    return replace(run, stage=result)
 
 
-@dg.op(tags={"kind": "record"})
-def record_staging_items(context: dg.OpExecutionContext, scan: dict, database: MelodeeDatabase) -> dict:
-    with hard_failure():
-        result = record_rows(database.engine(), scan["staging_path"], dry_run=scan["dry_run"])
-    for problem in result.unreadable:
-        context.log.warning(f"sidecar not recorded: {problem}")
-    rows = {"inserted": result.inserted, "updated": result.updated, "reopened": result.reopened, "unchanged": result.unchanged}
-    verb = "would write" if scan["dry_run"] else "wrote"
-    context.log.info(f"staging_items: {verb} {result.inserted} new and {result.updated} updated rows ({result.reopened} reopened for review)")
-    if not scan["dry_run"]:
-        context.log_event(dg.AssetMaterialization(asset_key="staging_items", metadata={**rows, "scan_id": scan["scan_id"]}))
-    stage = scan["stage"]
+@dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=3, delay=10))
+def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, database: MelodeeDatabase,
+                         staging_lock: StagingRunLock) -> dict:
+    with hard_failure(retry=True):
+        result = cycle.record(database.engine(), run)
+    for reason in result.unreadable[:20]:
+        context.log.warning(f"not recorded: {reason}")
+    if result.refused:
+        context.log.warning(f"{len(result.refused)} row(s) refused by Postgres, each failing only its album: "
+                            + "; ".join(result.refused[:20]))
+    rows = {"inserted": result.inserted, "updated": result.updated, "reopened": result.reopened,
+            "unchanged": result.unchanged, "deleted_kept": result.deleted_kept, "refused": len(result.refused)}
+    if run.dry_run:
+        context.log.info(f"staging_items: would write {result.inserted} new and {result.updated} updated rows")
+    else:
+        context.log.info(f"staging_items: wrote {result.inserted} new and {result.updated} updated rows "
+                         f"({result.reopened} reopened for review; {result.deleted_kept} deleted by the admin left deleted)")
+        context.log_event(dg.AssetMaterialization(asset_key="staging_items", metadata={**rows, "scan_id": run.scan_id}))
+    stage = run.stage
     summary = {
-        "scan_id": scan["scan_id"], "inbound_path": scan["inbound_path"], "staging_path": scan["staging_path"],
-        "scan_db": scan["scan_db"], "albums_total": stage["albums_total"], "albums_success": stage["albums_success"],
-        "albums_failed": stage["albums_failed"], "files_skipped": scan["files_skipped"],
-        "duration": round(time.time() - scan["started"], 3), "dry_run": scan["dry_run"], "rate_limit": scan["rate_limit"],
+        "scan_id": run.scan_id, "inbound_path": run.inbound_path, "staging_path": run.staging_path,
+        "scan_db": run.scan_db, "albums_total": stage.albums_total, "albums_success": stage.albums_success,
+        "albums_failed": stage.albums_failed, "files_skipped": run.files_skipped,
+        "duration": round(time.time() - run.started, 3), "dry_run": run.dry_run, "rate_limit": run.rate_limit,
     }
     context.log.info("staging scan summary " + json.dumps(summary))
     context.add_output_metadata({**rows, "summary": dg.MetadataValue.json(summary)})
-    return {**summary, **rows, **{k: stage[k] for k in ("files_moved", "already_staged", "renamed", "files_failed")}}
-
+    moved_key = "files_to_move" if run.dry_run else "files_moved"
+    return {**summary, **rows, moved_key: stage.files_moved,
+            **{k: getattr(stage, k) for k in ("already_staged", "renamed", "files_failed", "recovered")}}

@@ -1,8 +1,10 @@
-"""staging_scan_sensor (SPEC §9): turns the cron schedule stored in Postgres into runs.
+"""staging_scan_sensor: turns the cron schedule stored in Postgres into runs (docs/design.md, "The sensor").
 
 The cursor is the time of the previous evaluation. A run is requested when a cron tick falls in
 (cursor, now]; only the latest such tick counts, so a daemon that was down for hours catches up
 with one run, and ticks that pass while the scan is disabled (the cursor still advances) with none.
+An evaluation that could not reach the database leaves the cursor where it was, so a short outage
+at the top of the hour does not cost that hour's run.
 """
 
 
@@ -12,7 +14,7 @@ from typing import Optional
 import dagster as dg
 from croniter import croniter
 
-from melodee_pipeline.errors import UserError
+from melodee_pipeline.errors import DatabaseUnavailable, UserError
 from melodee_pipeline.libraries import resolve_libraries
 from melodee_pipeline.lock import holder
 from melodee_pipeline.orchestration.job import CONCURRENCY_TAG, JOB_NAME, staging_scan_job
@@ -47,6 +49,8 @@ def evaluate(context: dg.SensorEvaluationContext, database: MelodeeDatabase, now
                 return dg.SkipReason("staging_scan.enabled is false")
             libs = resolve_libraries(conn)
             lock_holder = holder(conn)
+    except DatabaseUnavailable:
+        raise
     except UserError as exc:
         return dg.SkipReason(str(exc))
     if libs.locked:
@@ -95,6 +99,9 @@ def in_progress(instance: dg.DagsterInstance, lock_holder: Optional[str], now: d
 )
 def staging_scan_sensor(context: dg.SensorEvaluationContext, database: MelodeeDatabase):
     now = datetime.now(timezone.utc)
-    result = evaluate(context, database, now)
+    try:
+        result = evaluate(context, database, now)
+    except DatabaseUnavailable as exc:
+        return dg.SkipReason(f"{exc}; ticks due meanwhile are kept for the next evaluation")
     context.update_cursor(now.isoformat())
     return result

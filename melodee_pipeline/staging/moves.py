@@ -1,34 +1,37 @@
-"""Moves that never overwrite and never lose the source (SPEC §7).
+"""File operations that never overwrite and never lose the source (docs/design.md, "Moves").
 
-Same filesystem: `os.link` then unlink the source. `link` fails if the destination exists, where
-`rename` would silently replace it. A crash between the two leaves two names for one inode: the
-next run sees identical bytes at the destination and only removes the inbound name.
+A move is two phases, so a whole album's destinations are durable before any source goes:
+  place:  same filesystem, `os.link` (fails if the destination exists, where `rename` would
+          silently replace it); across filesystems, copy to a temp file in the staging root's
+          `.melodee-tmp/`, fsync, verify sha256, then link into place (again no overwrite);
+  then, once per album, the album directory is fsync'd, and only then are the sources unlinked.
+A crash or power loss in between leaves two names for the same bytes, never none.
 
-Across filesystems: copy to a temp file in the staging root's `.melodee-tmp/` (same filesystem as
-the destination), fsync, verify sha256 against the scan, link into place (again no overwrite),
-then unlink temp and source. A crash leaves at worst a temp file there, which the next staging
-run deletes first; the source is removed last, so it is never gone before the copy is durable.
+Staging-side files are opened with O_NOFOLLOW and must be regular files: a symlink planted at a
+destination is never "identical" and never a reason to unlink a source.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import stat
 import uuid
 
 from melodee_pipeline import faults
-
-from melodee_pipeline.scan.tags import CHUNK, sha256_file
+from melodee_pipeline.scan.tags import CHUNK
 
 TEMP_DIR = ".melodee-tmp"  # under the staging root; only this pipeline writes there
 _CROSS_DEVICE = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 class ChecksumMismatch(OSError):
     pass
 
 
-def fsync_dir(path: str) -> None:
+def fsync_dir(path: str | bytes) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -36,32 +39,70 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def move_no_overwrite(src: bytes | str, dst: str, expected_sha256: str, tmp_dir: str) -> None:
-    """Move `src` to `dst`. Raises FileExistsError if `dst` exists; the source stays on any failure."""
+def makedirs_durable(path: str, stop_at: str) -> None:
+    """`os.makedirs`, with each new directory fsync'd into its parent (power loss keeps them)."""
+    missing = []
+    p = path
+    while not os.path.isdir(p) and p != stop_at:
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue
+        fsync_dir(os.path.dirname(d))
+
+
+def regular_file_sha256(path: str | bytes) -> str | None:
+    """sha256 of the regular file at `path`, never through a symlink; None when there is no
+    regular file there (absent, a symlink, a directory, a device)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            return None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        h = hashlib.sha256()
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+        return h.hexdigest()
+
+
+def is_cross_device(src: bytes | str, staging_root: str) -> bool:
+    return os.stat(src, follow_symlinks=False).st_dev != os.stat(staging_root).st_dev
+
+
+def place(src: bytes | str, dst: str, expected_sha256: str, tmp_dir: str) -> None:
+    """Give the bytes of `src` the name `dst`; the source stays. FileExistsError if `dst` exists."""
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in _CROSS_DEVICE:
             raise
         copy_verified(src, dst, expected_sha256, tmp_dir)
-    faults.point("before_unlink_source")  # destination complete, source still there
-    os.unlink(src)
 
 
 def copy_verified(src: bytes | str, dst: str, expected_sha256: str, tmp_dir: str) -> None:
     tmp = os.path.join(tmp_dir, f"copy-{uuid.uuid4().hex}")
     try:
+        h = hashlib.sha256()
         with open(src, "rb") as fin, open(tmp, "xb") as fout:
             while chunk := fin.read(CHUNK):
                 fout.write(chunk)
             fout.flush()
             os.fsync(fout.fileno())
         faults.point("copy_written")  # temp file complete, not linked yet
-        actual = sha256_file(tmp)
-        if actual != expected_sha256:
-            raise ChecksumMismatch(errno.EIO, f"checksum mismatch after copy ({actual[:12]} != {expected_sha256[:12]}); source changed since the scan?")
+        with open(tmp, "rb") as f:  # re-read what the disk holds, not what we meant to write
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+        if h.hexdigest() != expected_sha256:
+            raise ChecksumMismatch(errno.EIO, f"checksum mismatch after copy ({h.hexdigest()[:12]} != "
+                                              f"{expected_sha256[:12]}); source changed since the scan?")
         os.link(tmp, dst)
-        fsync_dir(os.path.dirname(dst))
     finally:
         try:
             os.unlink(tmp)
@@ -69,12 +110,20 @@ def copy_verified(src: bytes | str, dst: str, expected_sha256: str, tmp_dir: str
             pass
 
 
+def unlink_if_same(src: bytes | str, expected_sha256: str) -> bool:
+    """Remove the inbound copy only if it still holds the bytes already safe in staging."""
+    if regular_file_sha256(src) != expected_sha256:
+        return False
+    os.unlink(src)
+    return True
+
+
 def temp_dir(staging_root: str) -> str:
     return os.path.join(staging_root, TEMP_DIR)
 
 
 def clear_temp_dir(staging_root: str) -> int:
-    """Start of a staging run (under the lock): whatever a crashed run left half-written goes."""
+    """Start of a staging run (the caller holds the staging lock): what a crashed run left half-written goes."""
     path = temp_dir(staging_root)
     os.makedirs(path, exist_ok=True)
     names = os.listdir(path)
@@ -90,9 +139,6 @@ def remove_temp_dir(staging_root: str) -> None:
         pass
 
 
-def sha256_if_exists(path: str) -> str | None:
-    try:
-        return sha256_file(path)
-    except FileNotFoundError:
-        return None
-
+def free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

@@ -1,8 +1,10 @@
-"""The staging layout (SPEC §7): directory codes, sanitised path components, containment.
+"""The staging layout (docs/design.md, "Staging layout"): directory codes, sanitised names, containment.
 
 Every component built from tags goes through `sanitize_component`, which cannot return a name
-containing a separator, NUL, `.` or `..`; `ensure_inside` then checks the resolved path, so a
-symlink planted in the staging tree cannot redirect a write either.
+containing a separator, NUL, `.` or `..`, and which pathvalidate's "universal" rules make valid on
+Windows/SMB and macOS clients too (no `CON`/`NUL`/`COM1`, no trailing dot or space, at most 255
+bytes). `ensure_inside` then checks the resolved path, so a directory symlink planted in the
+staging tree cannot redirect a write either.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+
+from pathvalidate import sanitize_filename
 
 from melodee_pipeline.errors import UserError
 
@@ -34,10 +38,12 @@ def truncate_utf8(text: str, max_bytes: int) -> str:
 def sanitize_component(text: str, ext: str = "") -> str:
     """One safe path component from a tag value, at most 255 bytes of UTF-8 including `ext`."""
     name = "".join(ch for ch in str(text).translate(_REPLACE) if not _dropped(ch))
-    name = name.strip(" .")
+    name = truncate_utf8(name.strip(" ."), MAX_COMPONENT_BYTES - len(ext.encode("utf-8")) - 1)
+    # Reserved device names get a "_" suffix (hence the byte kept free above); trailing dots and
+    # spaces go, so Windows and SMB clients can open every name.
+    name = sanitize_filename(name, platform="universal", max_len=MAX_COMPONENT_BYTES)
     if name in ("", ".", ".."):
         name = "_"
-    name = truncate_utf8(name, MAX_COMPONENT_BYTES - len(ext.encode("utf-8"))).rstrip(" .") or "_"
     return name + ext
 
 

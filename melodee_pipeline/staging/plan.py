@@ -1,8 +1,10 @@
-"""Turn grouped scan rows into albums with collision-free staging directories (SPEC §7).
+"""Turn grouped scan rows into albums with collision-free staging directories (docs/design.md).
 
 Two albums never share a directory unless their album_group_id is equal: sanitising is lossy
 (`AC/DC` and `AC-DC` give the same name), so a directory that is claimed by another album, in
-this run or by an existing sidecar, gets a deterministic ` (2)`, ` (3)`… suffix instead.
+this run or by an existing sidecar, gets a deterministic ` (2)`, ` (3)`… suffix instead. An
+existing directory whose name differs only in letter case is the same directory (it is, on SMB
+shares and macOS), so it is reused under its existing spelling.
 """
 
 from __future__ import annotations
@@ -69,19 +71,31 @@ def _numbered(name: str, n: int) -> str:
     return truncate_utf8(name, MAX_COMPONENT_BYTES - len(suffix)) + suffix
 
 
+def existing_spelling(parent: str, name: str) -> str:
+    """`name`, or the entry of `parent` that differs from it only in letter case."""
+    try:
+        with os.scandir(parent) as it:
+            key = name.casefold()
+            return next((e.name for e in it if e.name.casefold() == key), name)
+    except (FileNotFoundError, NotADirectoryError):
+        return name
+
+
 class DirectoryClaims:
     """Assigns each album a directory no other album owns (in this run or on disk)."""
 
     def __init__(self, staging_root: str):
         self.root = staging_root
-        self.owner: dict[str, str] = {}
+        self.owner: dict[str, str] = {}  # casefolded relative dir -> album_group_id
 
     def assign(self, album: Album) -> None:
-        base = album.rel_dir
-        head, last = os.path.split(base)
+        code, artist_dir, album_dir = album.rel_dir.split(os.sep)
+        artist_dir = existing_spelling(os.path.join(self.root, code), artist_dir)
+        parent = os.path.join(code, artist_dir)
         for n in itertools.count(1):
-            rel = base if n == 1 else os.path.join(head, _numbered(last, n))
-            if self.owner.get(rel, album.group_id) != album.group_id:
+            name = existing_spelling(os.path.join(self.root, parent), album_dir if n == 1 else _numbered(album_dir, n))
+            rel = os.path.join(parent, name)
+            if self.owner.get(rel.casefold(), album.group_id) != album.group_id:
                 continue
             path = os.path.join(self.root, rel)
             try:
@@ -90,6 +104,6 @@ class DirectoryClaims:
                 continue
             if existing is not None and sc.group_id_of(existing) != album.group_id:
                 continue
-            self.owner[rel] = album.group_id
+            self.owner[rel.casefold()] = album.group_id
             album.rel_dir = rel
             return

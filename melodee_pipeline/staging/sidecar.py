@@ -1,4 +1,7 @@
-"""`album.melodee.json` (SPEC §7): shape of the original Go processor, atomic writes, merging."""
+"""`album.melodee.json`: the shape Melodee's Go processor writes, atomic writes, merging.
+
+Names are normalised as Go's `NormalizeString` does (`lower(trim(s))`), so Melodee reads ours and we
+recognise the album directories its processor wrote."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import os
 import uuid
 from datetime import datetime, timezone
 
-from melodee_pipeline.grouping import album_group_id, normalize_album
+from melodee_pipeline.grouping import album_group_hash, album_group_id
 from melodee_pipeline.staging.moves import fsync_dir
 
 SIDECAR_NAME = "album.melodee.json"
@@ -20,11 +23,11 @@ def new_sidecar(scan_id: str, artist: str, code: str, album: str, year: int, gen
         "version": VERSION,
         "processed_at": now_iso(),
         "scan_id": scan_id,
-        "artist": {"name": artist, "name_normalized": artist.strip().lower(), "directory_code": code},
+        "artist": {"name": artist, "name_normalized": go_normalize(artist), "directory_code": code},
         "album": {
             "name": album,
-            "name_normalized": normalize_album(album),
-            "album_type": "compilation" if is_compilation else "album",
+            "name_normalized": go_normalize(album),
+            "album_type": "Album",
             "genres": genres,
             "is_compilation": is_compilation,
             "image_count": 0,
@@ -36,15 +39,24 @@ def new_sidecar(scan_id: str, artist: str, code: str, album: str, year: int, gen
     }
 
 
+def go_normalize(name: str) -> str:
+    return name.strip().lower()
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
 def group_id_of(sidecar: dict) -> str:
-    """The album_group_id a sidecar belongs to, so a directory is never shared by two albums."""
+    """The album_group_id a sidecar belongs to, so a directory is never shared by two albums.
+    Derived from the names, not `name_normalized`, so sidecars Go's processor wrote match too."""
     artist, album = sidecar.get("artist") or {}, sidecar.get("album") or {}
-    group_hash = (artist.get("name_normalized") or "") + "::" + (album.get("name_normalized") or "")
-    return album_group_id(group_hash, int(album.get("year") or 0))
+    group_hash = album_group_hash(str(artist.get("name") or ""), None, str(album.get("name") or ""))
+    try:
+        year = int(album.get("year") or 0)
+    except (TypeError, ValueError):
+        year = 0
+    return album_group_id(group_hash, year)
 
 
 def read(album_dir: str) -> dict | None:

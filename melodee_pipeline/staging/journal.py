@@ -1,0 +1,127 @@
+"""The staging journal (docs/design.md, "The journal"): one small JSON file per album under
+`<staging>/.melodee-journal/`, written durably before the album's first move.
+
+An entry moves through two states:
+  moving  the destinations are chosen and sticky; moves may be half done. The next run (under the
+          staging lock) finishes it from the entry alone, whatever inbound holds by then.
+  staged  the sidecar is final; its `staging_items` row is not committed yet. These entries are
+          the record step's work list; each is removed once its row is committed.
+So a run reads the journal (the albums a crash or an outage left behind), never the whole
+staging tree, and a crash at any point leaves an entry that says what to finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from melodee_pipeline.staging.moves import fsync_dir, temp_dir
+
+JOURNAL_DIR = ".melodee-journal"
+MOVING, STAGED = "moving", "staged"
+
+
+@dataclass
+class JournalFile:
+    source: str  # os.fsdecode of the inbound path (surrogate-escaped bytes survive JSON)
+    name: str  # file name inside the album directory
+    sha256: str
+    size: int
+    track: dict  # the sidecar track entry
+
+
+@dataclass
+class Entry:
+    album_dir: str  # relative to the staging root
+    state: str
+    scan_id: str
+    album: dict  # what a new sidecar needs: artist, code, album, year, genres, is_compilation
+    files: list[JournalFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # The album gained tracks: a new review, so a row the admin deleted comes back. An entry
+    # without new tracks only refreshes a row that still exists.
+    gained: bool = False
+
+
+def journal_dir(staging_root: str) -> str:
+    return os.path.join(staging_root, JOURNAL_DIR)
+
+
+def _path(staging_root: str, album_dir: str) -> str:
+    return os.path.join(journal_dir(staging_root), hashlib.sha1(album_dir.encode("utf-8", "surrogatepass")).hexdigest() + ".json")
+
+
+def write(staging_root: str, entry: Entry) -> None:
+    """Durable before it returns: temp file, fsync, rename, fsync of the directory."""
+    directory = journal_dir(staging_root)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, exist_ok=True)
+        fsync_dir(staging_root)
+    final = _path(staging_root, entry.album_dir)
+    # The temp file lives in the staging temp dir, which every run clears first (under the lock).
+    os.makedirs(temp_dir(staging_root), exist_ok=True)
+    tmp = os.path.join(temp_dir(staging_root), f"journal-{uuid.uuid4().hex}")
+    data = json.dumps(asdict(entry), ensure_ascii=True).encode()  # ASCII: lone surrogates round-trip
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(directory)
+
+
+def read(staging_root: str, album_dir: str) -> Entry | None:
+    try:
+        return _load(_path(staging_root, album_dir))
+    except FileNotFoundError:
+        return None
+
+
+def _load(path: str) -> Entry:
+    with open(path, "rb") as f:
+        doc = json.loads(f.read())
+    doc["files"] = [JournalFile(**x) for x in doc.get("files", [])]
+    return Entry(**doc)
+
+
+def entries(staging_root: str, state: str | None = None) -> tuple[list[Entry], list[str]]:
+    """Entries (of one state, or all) and the problems of unreadable ones, which stay for a human."""
+    directory = journal_dir(staging_root)
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+    except FileNotFoundError:
+        return [], []
+    found, problems = [], []
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            entry = _load(path)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, TypeError) as exc:
+            problems.append(f"unreadable journal entry {path}: {exc}")
+            continue
+        if state is None or entry.state == state:
+            found.append(entry)
+    return found, problems
+
+
+def remove(staging_root: str, album_dir: str) -> None:
+    try:
+        os.unlink(_path(staging_root, album_dir))
+    except FileNotFoundError:
+        pass
+
+
+def remove_dir_if_empty(staging_root: str) -> None:
+    try:
+        os.rmdir(journal_dir(staging_root))
+    except OSError:
+        pass

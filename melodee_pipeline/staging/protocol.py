@@ -1,0 +1,387 @@
+"""The staging protocol for one album, as named steps (docs/design.md, "The staging protocol").
+
+  1. plan     choose each file's name in the album directory; nothing is written
+  2. journal  persist the plan (sticky destinations) before the first move
+  3. move     place every file, fsync the album directory once, then unlink the sources
+  4. finish   rewrite the sidecar to list exactly the tracks present; the journal entry becomes
+              the record step's "pending row"
+  5. classify staged / unchanged / partial / failed
+
+`recover` runs steps 3-5 from a journal entry alone, for an album a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+
+from melodee_pipeline import faults
+from melodee_pipeline.errors import StagingFull, UserError
+from melodee_pipeline.staging import journal
+from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.moves import (
+    DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
+)
+from melodee_pipeline.staging.paths import ensure_inside, track_file_name, with_suffix_number
+from melodee_pipeline.staging.plan import Album
+from melodee_pipeline.staging.ratelimit import RateLimiter
+
+MOVE, RENAME, ALREADY = "move", "rename", "already_staged"
+NOT_A_FILE = "<not a regular file>"  # never equal to a sha256
+SPACE_RESERVE = 16 << 20  # bytes left free on a staging filesystem besides an album's files
+
+# The errors an album can fail with on its own: the filesystem, a tag, a path. Anything else is a
+# bug and fails the step.
+ALBUM_ERRORS = (OSError, UserError, ValueError)
+
+
+@dataclass
+class FileAction:
+    source: bytes
+    name: str
+    action: str
+    sha256: str
+    size: int
+    track: dict
+    file_id: int | None = None
+    error: str | None = None
+    placed: bool = False  # the destination holds the bytes (moved now, or already there)
+
+
+@dataclass
+class AlbumOutcome:
+    album_dir: str  # relative to the staging root
+    status: str = "planned"
+    error: str | None = None
+    actions: list[FileAction] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    tracks: int = 0
+    total_size: int = 0
+    pending_row: bool = False  # a journal entry awaits the record step
+    album: Album | None = None  # None for an album finished from the journal
+
+    def count(self, action: str) -> int:
+        """Files of one action that were carried out (on a dry run: that are planned)."""
+        planned = self.status == "planned"
+        return sum(1 for a in self.actions if a.action == action and (a.placed or planned))
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for a in self.actions if a.error)
+
+    @property
+    def moved(self) -> int:
+        return self.count(MOVE) + self.count(RENAME)
+
+
+# 1. plan
+
+def _listing(album_dir: str) -> dict[str, str]:
+    """casefold -> name of what the album directory holds: names that differ only in case are
+    one name on SMB shares and macOS, so two files must never get them."""
+    try:
+        return {n.casefold(): n for n in os.listdir(album_dir)}
+    except FileNotFoundError:
+        return {}
+
+
+def resolve_name(album_dir: str, name: str, sha256: str, taken: dict[str, str], present: dict[str, str]) -> tuple[str, str]:
+    """Destination name and action for one file; never a name holding other bytes. Only real
+    collisions cost a hash of the existing file."""
+    n = 1
+    while True:
+        candidate = name if n == 1 else with_suffix_number(name, n)
+        key = candidate.casefold()
+        if key in taken:
+            on_disk = taken[key]
+        elif key in present:
+            candidate = present[key]
+            on_disk = taken[key] = regular_file_sha256(os.path.join(album_dir, candidate)) or NOT_A_FILE
+        else:
+            taken[key] = sha256
+            return candidate, MOVE if n == 1 else RENAME
+        if on_disk == sha256:
+            return candidate, ALREADY
+        n += 1
+
+
+def track_entry(rel_dir: str, f: sqlite3.Row, name: str) -> dict:
+    return {
+        "track_number": f["track_number"] or 0,
+        "disc_number": f["disc_number"] or 1,
+        "name": f["title"],
+        "duration": f["duration"] or 0,
+        "file_path": os.path.join(rel_dir, name),
+        "file_size": f["file_size"],
+        "bitrate": f["bitrate"] or 0,
+        "sample_rate": f["sample_rate"] or 0,
+        "checksum": f["file_hash"],
+        "original_path": f["file_path"],
+    }
+
+
+def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
+    """`recovered`: hashes that recovery staged this run; their sources are gone on purpose."""
+    out = AlbumOutcome(album.rel_dir, album=album)
+    album_dir = os.path.join(root, album.rel_dir)
+    ensure_inside(root, album_dir)
+    present, taken = _listing(album_dir), {}
+    for f in album.files:
+        if f["file_hash"] in recovered and not os.path.lexists(f["path_bytes"]):
+            continue
+        ext = os.path.splitext(f["file_path"])[1]
+        name, action = resolve_name(album_dir, track_file_name(f["title"], f["track_number"], f["disc_number"], ext),
+                                    f["file_hash"], taken, present)
+        out.actions.append(FileAction(f["path_bytes"], name, action, f["file_hash"], f["file_size"] or 0,
+                                      track_entry(album.rel_dir, f, name), file_id=f["id"]))
+        if action == RENAME:
+            out.warnings.append(f"{f['file_path']} staged as {name}: a different file already had its name")
+    return out
+
+
+# 2. journal
+
+def album_info(album: Album) -> dict:
+    return {"artist": album.artist, "code": album.code, "album": album.album, "year": album.year,
+            "genres": album.genres, "is_compilation": album.is_compilation}
+
+
+def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior: journal.Entry | None) -> None:
+    """Persist the plan before the first move (nothing to do when nothing will move). A pending
+    row an earlier run left for this album keeps its `gained`."""
+    if not any(a.action in (MOVE, RENAME) for a in out.actions):
+        return
+    entry = journal.Entry(
+        out.album_dir, journal.MOVING, scan_id, info,
+        [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track) for a in out.actions],
+        list(out.warnings), gained=bool(prior and prior.gained),
+    )
+    journal.write(root, entry)
+    faults.point("after_journal")
+
+
+# 3. move
+
+def _check_space(root: str, album_dir: str, moving: list[FileAction]) -> None:
+    """A full staging filesystem is a run-level condition: refuse an album that cannot fit."""
+    need = sum(a.size for a in moving if os.path.lexists(a.source) and is_cross_device(a.source, root))
+    if not need:
+        return
+    free = free_bytes(album_dir)
+    if need + SPACE_RESERVE > free:
+        raise StagingFull(f"staging filesystem {root} is full: {album_dir} needs {_mib(need)} "
+                          f"(+{_mib(SPACE_RESERVE)} reserve), {_mib(free)} free")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter | None = None) -> None:
+    album_dir = os.path.join(root, out.album_dir)
+    moving = [a for a in out.actions if a.action in (MOVE, RENAME) and not a.error]
+    if moving:
+        makedirs_durable(album_dir, root)
+        ensure_inside(root, album_dir)
+        _check_space(root, album_dir, moving)
+    try:
+        for a in moving:
+            if limiter:
+                limiter.wait()
+            try:
+                place(a.source, os.path.join(album_dir, a.name), a.sha256, tmp_dir)
+                a.placed = True
+            except OSError as exc:
+                if exc.errno in DISK_FULL:
+                    raise
+                a.error = f"move failed: {exc.strerror or exc}"
+            faults.point("after_place")
+    except OSError as exc:
+        _roll_back(album_dir, moving)
+        raise StagingFull(f"staging filesystem {root} is full while staging {out.album_dir} "
+                          f"({exc.strerror}); it needs {_mib(sum(a.size for a in moving))}, "
+                          f"{_mib(free_bytes(root))} free") from None
+    if any(a.placed for a in moving):
+        fsync_dir(album_dir)  # every new name is durable before any source goes
+    faults.point("before_unlink_sources")
+    for a in out.actions:
+        if a.error:
+            continue
+        if a.placed:
+            try:
+                os.unlink(a.source)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                out.warnings.append(f"{os.fsdecode(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
+            faults.point("after_unlink")
+        elif a.action == ALREADY:
+            _settle_already(album_dir, a, out)
+
+
+def _settle_already(album_dir: str, a: FileAction, out: AlbumOutcome) -> None:
+    """Identical bytes already sit at the destination: the inbound copy goes, if it is still there
+    and still the same. A missing source whose bytes are in place counts as already staged."""
+    if regular_file_sha256(os.path.join(album_dir, a.name)) != a.sha256:
+        a.error = f"{a.name} no longer holds the expected bytes; left in inbound"
+        return
+    a.placed = True
+    try:
+        if os.path.lexists(a.source) and not unlink_if_same(a.source, a.sha256):
+            out.warnings.append(f"{os.fsdecode(a.source)} changed since the scan; left in inbound")
+    except OSError as exc:
+        out.warnings.append(f"{os.fsdecode(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
+
+
+def _roll_back(album_dir: str, moving: list[FileAction]) -> None:
+    """Disk full mid-album: the sources are all still there, so the new names simply go."""
+    for a in moving:
+        if a.placed:
+            os.unlink(os.path.join(album_dir, a.name))
+            a.placed = False
+    fsync_dir(album_dir)
+
+
+# 4. finish
+
+def _is_regular(path: str) -> bool:
+    try:
+        return os.path.isfile(path) and not os.path.islink(path)
+    except OSError:
+        return False
+
+
+def _fingerprint(sidecar: dict) -> str:
+    """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
+    return json.dumps([sidecar["tracks"], sidecar.get("validation")])
+
+
+def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir: str, prior: journal.Entry | None) -> None:
+    """Sidecar lists exactly the tracks present; an album with none keeps no sidecar and gets no
+    row. A changed sidecar leaves a `staged` journal entry, the record step's work list."""
+    album_dir = os.path.join(root, out.album_dir)
+    faults.point("before_sidecar")
+    changed, gained = _write_sidecar(root, album_dir, out, scan_id, info, tmp_dir)
+    if changed or (prior is not None and prior.state == journal.STAGED):
+        journal.write(root, journal.Entry(out.album_dir, journal.STAGED, scan_id, info,
+                                          gained=gained or bool(prior and prior.gained)))
+        out.pending_row = True
+    else:
+        journal.remove(root, out.album_dir)
+
+
+def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir: str) -> tuple[bool, bool]:
+    if not os.path.isdir(album_dir):
+        return False, False
+    ensure_inside(root, album_dir)
+    existing = sc.read(album_dir)
+    doc = existing or sc.new_sidecar(scan_id, **info)
+    before = _fingerprint(doc) if existing else None
+    doc["tracks"] = [t for t in doc.get("tracks") or [] if _is_regular(os.path.join(root, t.get("file_path") or ""))]
+    added = sc.merge_tracks(doc, [a.track for a in out.actions if a.placed])
+    if not doc["tracks"]:
+        # Nothing of this album is here (every move failed, or its files left): no phantom album.
+        if existing:
+            os.unlink(os.path.join(album_dir, sc.SIDECAR_NAME))
+        _remove_empty_dirs(root, album_dir)
+        return existing is not None, False
+    sc.add_warnings(doc, out.warnings, [f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error])
+    out.tracks = len(doc["tracks"])
+    out.total_size = sum(int(t.get("file_size") or 0) for t in doc["tracks"])
+    if _fingerprint(doc) == before:
+        return False, False
+    sc.stamp(doc, scan_id)
+    sc.write_atomic(album_dir, doc, tmp_dir)
+    return True, added > 0
+
+
+def _remove_empty_dirs(root: str, album_dir: str) -> None:
+    d = album_dir
+    while d != root and d.startswith(root + os.sep):
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+        d = os.path.dirname(d)
+
+
+# 5. classify
+
+def classify(out: AlbumOutcome) -> None:
+    if out.actions and out.failed == len(out.actions):
+        out.status, out.error = "failed", "; ".join(a.error for a in out.actions if a.error)
+    elif out.failed:
+        out.status, out.error = "partial", f"{out.failed} of {len(out.actions)} files failed"
+    elif out.moved:
+        out.status = "staged"
+    else:
+        out.status = "unchanged"
+
+
+class AlbumStager:
+    """Steps 1-5 for one album; an album's own failure is its outcome, never the run's. A full
+    staging filesystem stops every album not yet started."""
+
+    def __init__(self, root: str, scan_id: str, dry_run: bool, limiter: RateLimiter, tmp_dir: str, recovered: set[str]):
+        self.root, self.scan_id, self.dry_run, self.limiter, self.tmp = root, scan_id, dry_run, limiter, tmp_dir
+        self.recovered = recovered
+        self.full: StagingFull | None = None
+        self._stop = threading.Event()
+
+    def __call__(self, album: Album) -> AlbumOutcome:
+        if self._stop.is_set():
+            return AlbumOutcome(album.rel_dir, "not_started", f"not started: {self.full}", album=album)
+        out, prior = AlbumOutcome(album.rel_dir, album=album), None
+        try:
+            out = plan_album(self.root, album, self.recovered)
+            if self.dry_run:
+                out.status, out.tracks = "planned", len(out.actions)
+                return out
+            info = album_info(album)
+            prior = journal.read(self.root, out.album_dir)
+            journal_album(self.root, out, self.scan_id, info, prior)
+            move_files(self.root, out, self.tmp, self.limiter)
+            finish_album(self.root, out, self.scan_id, info, self.tmp, prior)
+            classify(out)
+        except (StagingFull, OSError) as exc:
+            if not isinstance(exc, StagingFull) and exc.errno not in DISK_FULL:
+                out.status, out.error = "failed", f"{type(exc).__name__}: {exc}"
+                return out
+            self.full = exc if isinstance(exc, StagingFull) else StagingFull(f"staging filesystem {self.root} is full: {exc}")
+            self._stop.set()
+            # Rolled back: nothing of this album moved. A row an earlier run left pending stays so.
+            if prior is not None:
+                journal.write(self.root, prior)
+            else:
+                journal.remove(self.root, out.album_dir)
+            out.status, out.error = "failed", str(self.full)
+        except ALBUM_ERRORS as exc:
+            out.status, out.error = "failed", f"{type(exc).__name__}: {exc}"
+        return out
+
+
+def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:
+    """Finish an album a crash interrupted, from its journal entry alone: every journaled file
+    ends in its sticky destination or stays in inbound; the sidecar lists exactly what is there."""
+    out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings))
+    album_dir = os.path.join(root, entry.album_dir)
+    for jf in entry.files:
+        a = FileAction(os.fsencode(jf.source), jf.name, MOVE, jf.sha256, jf.size, jf.track)
+        dest = os.path.join(album_dir, jf.name)
+        if regular_file_sha256(dest) == jf.sha256:
+            a.action = ALREADY
+        elif os.path.lexists(dest):
+            out.warnings.append(f"{jf.source}: {jf.name} now holds other content; left in inbound")
+            continue
+        elif regular_file_sha256(a.source) != jf.sha256:
+            out.warnings.append(f"{jf.source} vanished or changed since the interrupted run; not staged")
+            continue
+        out.actions.append(a)
+    move_files(root, out, tmp_dir)
+    finish_album(root, out, entry.scan_id, entry.album, tmp_dir, journal.Entry(
+        entry.album_dir, journal.STAGED, entry.scan_id, entry.album, gained=True) if out.actions else None)
+    classify(out)
+    return out
