@@ -19,21 +19,27 @@ def _engine():
 
 
 def cmd_db_init(args) -> int:
-    from melodee_pipeline.db.engine import mask
-    from melodee_pipeline.db.schema import init_db
+    from melodee_pipeline.bootstrap import init_db
+    from melodee_pipeline.db.engine import mask, reported
 
     engine = _engine()
-    done = init_db(engine)
+    with reported(engine):
+        done = init_db(engine)
     print(f"database {mask(engine.url.render_as_string(hide_password=False))} ready")
     print(f"  tables created: {', '.join(done['tables']) or 'none (all present)'}")
-    print(f"  default settings inserted: {len(done['settings'])}")
+    if done["settings"]:
+        print(f"  missing staging_scan settings added with their defaults: {', '.join(done['settings'])}")
+    else:
+        print("  settings written: none (a missing setting means its default; see `settings list`)")
     return 0
 
 
 def cmd_settings(args) -> int:
     from melodee_pipeline import settings as st
+    from melodee_pipeline.db.engine import reported
 
-    with _engine().begin() as conn:
+    engine = _engine()
+    with reported(engine), engine.begin() as conn:
         raw = st.read_raw(conn)
         if args.action == "list":
             width = max(map(len, st.SPECS))
@@ -53,8 +59,10 @@ def cmd_settings(args) -> int:
 
 def cmd_libraries(args) -> int:
     from melodee_pipeline import libraries as lb
+    from melodee_pipeline.db.engine import reported
 
-    with _engine().begin() as conn:
+    engine = _engine()
+    with reported(engine), engine.begin() as conn:
         if args.action == "list":
             libs = lb.list_libraries(conn)
             if not libs:
@@ -200,8 +208,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from melodee_pipeline.bootstrap import init_db
     from melodee_pipeline.db.engine import melodee_home
-    from melodee_pipeline.db.schema import init_db
     from melodee_pipeline.demo import prepare
 
     home = melodee_home()
@@ -219,8 +227,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_dev(args) -> int:
+    from melodee_pipeline.bootstrap import init_db
     from melodee_pipeline.db.engine import get_engine
-    from melodee_pipeline.db.schema import init_db
     from melodee_pipeline.instance import prepare_dagster_home
 
     init_db(get_engine())
@@ -236,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     db = sub.add_parser("db", help="application database").add_subparsers(dest="action", required=True)
-    db.add_parser("init", help="create missing tables and default settings (idempotent)").set_defaults(fn=cmd_db_init)
+    db.add_parser("init", help="create missing tables (idempotent; writes no setting into an empty settings table)").set_defaults(fn=cmd_db_init)
 
     st = sub.add_parser("settings", help="staging_scan.* settings").add_subparsers(dest="action", required=True)
     st.add_parser("list").set_defaults(fn=cmd_settings)

@@ -16,7 +16,11 @@ class LibraryError(UserError):
 
 
 class DatabaseUnavailable(UserError):
-    pass
+    """The database server cannot be reached (refused, unknown host, timed out, connection lost)."""
+
+
+class DatabaseError(UserError):
+    """The server answered with an error: a missing table, a refused login, a failed statement."""
 
 
 class StagingLocked(UserError):

@@ -1,7 +1,9 @@
-"""The `staging_scan.*` settings (SPEC §3): the one place that knows every key, its default and its rule.
+"""The `staging_scan.*` settings: the one place that knows every key, its default and its rule.
 
-Values live as text in the `settings` table. A missing row (or NULL value) means the default; an
-invalid value is never replaced by the default: it raises `SettingError` naming key and value.
+Values live as text in Melodee's `settings` table. A missing row (or NULL value) means the default;
+an invalid value is never replaced by the default: it raises `SettingError` naming key and value.
+Nothing here writes a row except `set_setting` and `insert_missing_keys`: Melodee seeds its own
+defaults only into an empty `settings` table, so this project must never be first to write into it.
 """
 
 from __future__ import annotations
@@ -9,26 +11,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from croniter import croniter
+from sqlalchemy.dialects.postgresql import insert
 
+from melodee_pipeline.db.schema import libraries as libraries_table
 from melodee_pipeline.db.schema import settings as settings_table
+from melodee_pipeline.db.schema import utcnow
 from melodee_pipeline.errors import SettingError
+from melodee_pipeline.pathnorm import normalize_path
 
 PREFIX = "staging_scan."
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
+SCAN_DB_PATH_KEY = "staging_scan.scan_db_data_path"
+# Melodee is written in Go, and Go's strconv.ParseBool accepts exactly these; yes/no (any case) too.
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
 def _bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in _TRUE:
+    v = value.strip()
+    if v in _TRUE or v.lower() == "yes":
         return True
-    if v in _FALSE:
+    if v in _FALSE or v.lower() == "no":
         return False
-    raise ValueError("must be one of true/false/1/0/yes/no")
+    raise ValueError("must be a boolean: 1, t, T, TRUE, true, True, yes / 0, f, F, FALSE, false, False, no")
 
 
 def _int_range(lo: int, hi: int | None) -> Callable[[str], int]:
@@ -55,7 +63,7 @@ def _abs_dir(value: str) -> str:
     path = value.strip()
     if not path or not os.path.isabs(path):
         raise ValueError("must be an absolute directory path")
-    return os.path.normpath(path)
+    return normalize_path(path)
 
 
 @dataclass(frozen=True)
@@ -105,20 +113,20 @@ def parse_value(key: str, value: str | None) -> Any:
         raise SettingError(key, value, str(exc)) from None
 
 
-def check_scan_db_path(path: str, library_paths: list[str], key: str = "staging_scan.scan_db_data_path") -> None:
+def check_scan_db_path(path: str, library_paths: Iterable[str], key: str = SCAN_DB_PATH_KEY) -> None:
     """The scan DB directory may be neither inside a library nor contain one: scans and moves would see it."""
-    p = PurePosixPath(os.path.normpath(path))
+    p = PurePosixPath(normalize_path(path))
     for lib in library_paths:
-        lp = PurePosixPath(os.path.normpath(lib))
+        lp = PurePosixPath(normalize_path(lib))
         if p == lp or lp in p.parents:
             raise SettingError(key, path, f"is inside library path {lib}")
         if p in lp.parents:
             raise SettingError(key, path, f"contains library path {lib}")
 
 
-def parse_settings(raw: dict[str, str | None], library_paths: list[str] = ()) -> StagingScanSettings:
+def parse_settings(raw: dict[str, str | None], library_paths: Iterable[str] = ()) -> StagingScanSettings:
     values = {key[len(PREFIX):]: parse_value(key, raw.get(key)) for key in SPECS}
-    check_scan_db_path(values["scan_db_data_path"], list(library_paths))
+    check_scan_db_path(values["scan_db_data_path"], library_paths)
     return StagingScanSettings(**values)
 
 
@@ -129,39 +137,43 @@ def read_raw(conn: sa.Connection) -> dict[str, str | None]:
     return {k: v for k, v in rows}
 
 
-def load_settings(conn: sa.Connection) -> StagingScanSettings:
-    from melodee_pipeline.libraries import all_library_paths
+def library_paths(conn: sa.Connection) -> list[str]:
+    """Every library's path (any type), normalised: the scan DB directory must keep clear of all of them."""
+    return [normalize_path(p) for p in conn.execute(sa.select(libraries_table.c.path)).scalars()]
 
-    return parse_settings(read_raw(conn), all_library_paths(conn))
+
+def load_settings(conn: sa.Connection) -> StagingScanSettings:
+    return parse_settings(read_raw(conn), library_paths(conn))
 
 
 def set_setting(conn: sa.Connection, key: str, value: str) -> Any:
     """Validate and store one setting; refuses an invalid value without writing anything."""
-    from melodee_pipeline.libraries import all_library_paths
-
     parsed = parse_value(key, value)
-    if key == "staging_scan.scan_db_data_path":
-        check_scan_db_path(parsed, all_library_paths(conn))
+    if key == SCAN_DB_PATH_KEY:
+        check_scan_db_path(parsed, library_paths(conn))
     stored = str(value).strip()
-    from sqlalchemy.dialects.postgresql import insert
-
-    stmt = insert(settings_table).values(key=key, value=stored, comment=SPECS[key].comment)
+    now = utcnow()
+    stmt = insert(settings_table).values(key=key, value=stored, comment=SPECS[key].comment, created_at=now, updated_at=now)
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[settings_table.c.key], set_={"value": stored, "updated_at": sa.func.now()}
-        )
+        stmt.on_conflict_do_update(index_elements=[settings_table.c.key], set_={"value": stored, "updated_at": now})
     )
     return parsed
 
 
-def insert_missing_defaults(conn: sa.Connection) -> list[str]:
-    from sqlalchemy.dialects.postgresql import insert
-
+def insert_missing_keys(conn: sa.Connection) -> list[str]:
+    """Add the `staging_scan.*` keys that are missing, with their defaults, to a settings table that
+    already has rows. An empty table is left alone: Melodee seeds its own defaults only into an
+    empty table, and a row written first by us would stop that for good. (No race: a table seen
+    non-empty stays so, and one seen empty is not written.) Returns the keys added."""
+    if conn.execute(sa.select(sa.literal(1)).select_from(settings_table).limit(1)).first() is None:
+        return []
     present = set(read_raw(conn))
     missing = [s for k, s in SPECS.items() if k not in present]
     if missing:
+        now = utcnow()
         conn.execute(
             insert(settings_table).on_conflict_do_nothing(index_elements=[settings_table.c.key]),
-            [{"key": s.key, "value": s.default, "comment": s.comment} for s in missing],
+            [{"key": s.key, "value": s.default, "comment": s.comment, "created_at": now, "updated_at": now}
+             for s in missing],
         )
     return [s.key for s in missing]

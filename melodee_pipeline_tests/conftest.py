@@ -1,7 +1,9 @@
 """Shared fixtures: a real PostgreSQL for every test and trees of real, tagged audio files.
 
 Postgres is `MELODEE_TEST_DATABASE_URL` when set, else an embedded pgserver in a temp dir; every
-test gets a fresh database in it, so tests never see each other's rows.
+test gets a fresh database in it, so tests never see each other's rows. Tests that write rows run
+on Melodee's own table definitions and seeds (`melodee_schema.sql`, fixture `melodee_db`), not on
+what `db init` creates: that is what a real installation looks like.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.db.engine import psycopg2_url
-from melodee_pipeline.db.schema import init_db
 from melodee_pipeline.samples import Tags, make_track
+
+MELODEE_SCHEMA_SQL = Path(__file__).with_name("melodee_schema.sql")
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +61,20 @@ def engine(db_url) -> sa.Engine:
     eng.dispose()
 
 
+def load_melodee_schema(engine: sa.Engine) -> None:
+    """Melodee's tables (users, settings, libraries, staging_items, albums, tracks) and its seeds:
+    an admin user and, the settings table being empty, Melodee's default settings."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(MELODEE_SCHEMA_SQL.read_text())
+
+
+@pytest.fixture
+def melodee_db(engine) -> sa.Engine:
+    """This test's database as a fresh Melodee leaves it; returns the `engine` fixture."""
+    load_melodee_schema(engine)
+    return engine
+
+
 @pytest.fixture
 def env(db_url, tmp_path, monkeypatch) -> dict:
     """Process environment pointing every command at this test's database and a temp home."""
@@ -76,11 +94,17 @@ def dirs(tmp_path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def libs(engine, tmp_path) -> dict[str, Path]:
-    """An initialised database with inbound and staging libraries and a scan DB dir outside both."""
+def libs(melodee_db, tmp_path) -> dict[str, Path]:
+    """A Melodee database after `db init`, with inbound and staging libraries and a scan DB dir
+    outside both; returns their paths ("inbound", "staging", "scandbs").
+
+    Every `staging_scan.*` key has a row (Melodee seeds six, `db init` adds the rest), so tests may
+    UPDATE any of them. Melodee seeds `dry_run=true`: it is set false here so runs are real.
+    """
     from melodee_pipeline.libraries import add_library
     from melodee_pipeline.settings import set_setting
 
+    engine = melodee_db
     init_db(engine)
     paths = {k: tmp_path / k for k in ("inbound", "staging", "scandbs")}
     for p in paths.values():
@@ -91,6 +115,7 @@ def libs(engine, tmp_path) -> dict[str, Path]:
         set_setting(conn, "staging_scan.scan_db_data_path", str(paths["scandbs"]))
         set_setting(conn, "staging_scan.min_file_age_seconds", "0")
         set_setting(conn, "staging_scan.workers", "2")
+        set_setting(conn, "staging_scan.dry_run", "false")
     return paths
 
 

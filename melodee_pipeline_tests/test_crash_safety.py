@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from melodee_pipeline.db.schema import init_db
+from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.scan.tags import sha256_file
 from melodee_pipeline_tests.conftest import SUMMARIES, age, album
 from melodee_pipeline_tests.invariants import converged, file_hashes, lost

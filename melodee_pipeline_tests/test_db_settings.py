@@ -8,23 +8,22 @@ import sys
 import pytest
 import sqlalchemy as sa
 
+from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.cli import main
-from melodee_pipeline.db.schema import init_db
 from melodee_pipeline.errors import LibraryError, SettingError
 from melodee_pipeline.libraries import add_library, resolve_libraries
 from melodee_pipeline.settings import SPECS, load_settings
 
 
-def test_db_init_creates_tables_and_defaults_and_is_idempotent(engine):
+def test_db_init_creates_tables_but_no_settings_and_is_idempotent(engine):
     first = init_db(engine)
     assert sorted(first["tables"]) == ["libraries", "settings", "staging_items"]
-    assert sorted(first["settings"]) == sorted(SPECS)
-    with engine.connect() as conn:
-        before = conn.execute(sa.text("SELECT key, value, created_at FROM settings ORDER BY key")).all()
+    assert first["settings"] == []  # an empty settings table is Melodee's to seed
     second = init_db(engine)
     assert second == {"tables": [], "settings": []}
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT key, value, created_at FROM settings ORDER BY key")).all() == before
+        assert conn.execute(sa.text("SELECT count(*) FROM settings")).scalar() == 0
+        assert set(sa.inspect(conn).get_table_names()) == {"libraries", "settings", "staging_items"}
 
 
 def test_works_on_existing_melodee_tables_with_extra_columns(engine, tmp_path):
@@ -55,7 +54,7 @@ def test_works_on_existing_melodee_tables_with_extra_columns(engine, tmp_path):
 
 BAD_SETTINGS = [
     ("staging_scan.workers", "abc"), ("staging_scan.workers", "0"), ("staging_scan.workers", "65"),
-    ("staging_scan.workers", ""), ("staging_scan.enabled", "maybe"), ("staging_scan.dry_run", "2"),
+    ("staging_scan.workers", ""), ("staging_scan.enabled", "maybe"), ("staging_scan.enabled", "tRuE"), ("staging_scan.dry_run", "2"),
     ("staging_scan.schedule", "* * * * * *"), ("staging_scan.schedule", "nonsense"), ("staging_scan.schedule", "61 * * * *"),
     ("staging_scan.rate_limit", "-1"), ("staging_scan.rate_limit", "fast"),
     ("staging_scan.scan_db_data_path", "relative/dir"), ("staging_scan.min_file_age_seconds", "-5"),
@@ -64,20 +63,18 @@ BAD_SETTINGS = [
 
 
 @pytest.mark.parametrize("key,value", BAD_SETTINGS)
-def test_settings_set_refuses_invalid_values(env, engine, key, value, capsys):
-    assert main(["db", "init"]) == 0
-    capsys.readouterr()
+def test_settings_set_refuses_invalid_values(env, melodee_db, key, value, capsys):
+    with melodee_db.connect() as conn:
+        before = conn.execute(sa.text("SELECT key, value, updated_at FROM settings ORDER BY key")).all()
     assert main(["settings", "set", key, value]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert key in err and repr(value) in err
-    with engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT value FROM settings WHERE key = :k"), {"k": key}).scalar()
-    assert stored == SPECS[key].default
+    with melodee_db.connect() as conn:
+        assert conn.execute(sa.text("SELECT key, value, updated_at FROM settings ORDER BY key")).all() == before
 
 
-def test_scan_db_path_inside_or_containing_a_library_is_refused(env, engine, tmp_path, capsys):
-    main(["db", "init"])
+def test_scan_db_path_inside_or_containing_a_library_is_refused(env, melodee_db, tmp_path, capsys):
     (tmp_path / "music" / "inbound").mkdir(parents=True)
     assert main(["libraries", "add", "--name", "In", "--type", "inbound", "--path", str(tmp_path / "music" / "inbound")]) == 0
     for bad in (tmp_path / "music" / "inbound" / "scans", tmp_path / "music"):
@@ -87,20 +84,20 @@ def test_scan_db_path_inside_or_containing_a_library_is_refused(env, engine, tmp
     assert main(["settings", "set", "staging_scan.scan_db_data_path", str(tmp_path / "scans")]) == 0
 
 
-def test_invalid_value_already_in_database_is_reported_not_replaced(engine):
-    init_db(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE settings SET value = 'lots' WHERE key = 'staging_scan.workers'"))
-    with engine.connect() as conn, pytest.raises(SettingError, match=r"staging_scan.workers = 'lots'"):
+def test_invalid_value_already_in_database_is_reported_not_replaced(melodee_db):
+    with melodee_db.begin() as conn:
+        assert conn.execute(sa.text("UPDATE settings SET value = 'lots' WHERE key = 'staging_scan.workers'")).rowcount == 1
+    with melodee_db.connect() as conn, pytest.raises(SettingError, match=r"staging_scan.workers = 'lots'"):
         load_settings(conn)
 
 
-def test_settings_list_get_set_roundtrip(env, capsys):
-    assert main(["db", "init"]) == 0
-    capsys.readouterr()
+def test_settings_list_get_set_roundtrip(env, melodee_db, capsys):
     assert main(["settings", "list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == list(SPECS)
+    shown = dict(line.split(None, 1) for line in listed)
+    assert shown["staging_scan.dry_run"] == "true"  # Melodee's seed, shown as stored
+    assert shown["staging_scan.keep_scan_dbs"] == "20  (default)"  # no row: the default, said so
     assert main(["settings", "set", "staging_scan.enabled", "YES"]) == 0
     assert main(["settings", "set", "staging_scan.schedule", "*/5  * * * *"]) == 0
     capsys.readouterr()
@@ -108,8 +105,8 @@ def test_settings_list_get_set_roundtrip(env, capsys):
     assert capsys.readouterr().out.strip() == "YES"
 
 
-def test_library_resolution_errors(engine, tmp_path):
-    init_db(engine)
+def test_library_resolution_errors(melodee_db, tmp_path):
+    engine = melodee_db
     with engine.connect() as conn, pytest.raises(LibraryError, match="^no inbound library configured$"):
         resolve_libraries(conn)
     (tmp_path / "in").mkdir()
@@ -131,8 +128,7 @@ def test_library_resolution_errors(engine, tmp_path):
         resolve_libraries(conn)
 
 
-def test_libraries_cli(env, tmp_path, capsys):
-    main(["db", "init"])
+def test_libraries_cli(env, melodee_db, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     assert main(["libraries", "add", "--name", "In", "--type", "inbound", "--path", str(tmp_path / "in")]) == 0
     assert main(["libraries", "add", "--name", "In2", "--type", "inbound", "--path", str(tmp_path / "in")]) == 2

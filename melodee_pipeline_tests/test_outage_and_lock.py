@@ -10,9 +10,9 @@ import warnings
 
 import sqlalchemy as sa
 
+from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.cli import main
 from melodee_pipeline.db.engine import psycopg2_url
-from melodee_pipeline.db.schema import init_db
 from melodee_pipeline.libraries import add_library
 from melodee_pipeline.lock import staging_lock
 from melodee_pipeline.settings import set_setting

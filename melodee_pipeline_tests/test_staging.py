@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from melodee_pipeline.db.schema import init_db
+from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.grouping import group_albums
 from melodee_pipeline.records import record_staging_items
 from melodee_pipeline.samples import Tags, make_track

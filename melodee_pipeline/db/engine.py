@@ -7,13 +7,16 @@ under `MELODEE_HOME`. It listens on a Unix socket only and keeps running across 
 from __future__ import annotations
 
 import os
+import re
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from melodee_pipeline.errors import DatabaseUnavailable, UserError
+from melodee_pipeline.errors import DatabaseError, DatabaseUnavailable, UserError
 
 DEFAULT_HOME = "~/.local/share/melodee-pipeline"
 DAGSTER_DATABASE = "dagster"
@@ -83,7 +86,17 @@ def dagster_database_url() -> str:
 
 @lru_cache(maxsize=None)
 def _engine(url: str) -> sa.Engine:
-    return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    sa.event.listen(engine, "connect", _utc_session)
+    return engine
+
+
+def _utc_session(dbapi_connection, _record) -> None:
+    """Melodee's timestamps are `timestamp without time zone` in UTC: a `DEFAULT CURRENT_TIMESTAMP`
+    must be taken in UTC too, whatever the server's or the role's time zone."""
+    with dbapi_connection.cursor() as cur:
+        cur.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
 
 
 def get_engine(url: str | None = None) -> sa.Engine:
@@ -94,12 +107,55 @@ def get_engine(url: str | None = None) -> sa.Engine:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.DBAPIError as exc:
-        raise unavailable(engine, exc) from None
+        raise database_error(engine, exc) from None
     return engine
 
 
-def unavailable(engine: sa.Engine, exc: sa.exc.DBAPIError) -> DatabaseUnavailable:
-    """One line naming the database (password masked) and what the driver said."""
+# A server that answers a connection attempt with one of these is up but not accepting connections.
+_NOT_ACCEPTING = re.compile(r"the database system is (starting up|shutting down|in recovery mode|not yet accepting)")
+# SQLSTATE classes of connection failures: 08 (connection exception), 57P01-57P03 (server shutting
+# down or not yet up).
+_CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
+def is_unreachable(exc: sa.exc.DBAPIError) -> bool:
+    """True when the server could not be reached or the connection was lost; False when the server
+    answered with an error (a missing table, an unknown database, a refused login, ...)."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    code = getattr(orig, "pgcode", None)
+    if code:
+        return code.startswith(_CONNECTION_SQLSTATES)
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    # libpq reports connection failures without a SQLSTATE; a server that was reached and said no
+    # ("FATAL:  database "x" does not exist", "password authentication failed") shows its FATAL line.
+    message = str(orig or exc)
+    return "FATAL:" not in message or bool(_NOT_ACCEPTING.search(message))
+
+
+def database_error(engine: sa.Engine, exc: sa.exc.DBAPIError) -> DatabaseUnavailable | DatabaseError:
+    """One line for the user, by what happened: `cannot connect to database <url, password masked>:
+    <reason>` only when the server cannot be reached, else `database error: <what the server said>`."""
     reason = str(exc.orig or exc).strip().splitlines()
-    url = engine.url.render_as_string(hide_password=True)
-    return DatabaseUnavailable(f"cannot connect to database {url}: {reason[0] if reason else type(exc).__name__}")
+    first = reason[0].strip() if reason else type(exc).__name__
+    if is_unreachable(exc):
+        url = engine.url.render_as_string(hide_password=True)
+        return DatabaseUnavailable(f"cannot connect to database {url}: {first}")
+    if getattr(exc.orig, "pgcode", None) == "42P01":  # undefined_table
+        first += " (run `melodee-pipeline db init` to create missing tables)"
+    return DatabaseError(f"database error: {first}")
+
+
+# The name records.py uses; it classifies the same way.
+unavailable = database_error
+
+
+@contextmanager
+def reported(engine: sa.Engine) -> Iterator[None]:
+    """Turn a driver error inside the block into the one-line `UserError` of `database_error`."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        raise database_error(engine, exc) from None
