@@ -1,7 +1,9 @@
-"""The scan database (SPEC §5): one SQLite file per run, its working set and audit trail.
+"""The scan database: one SQLite file per run, its working set and audit trail.
 
-`scanned_files` keeps the columns of the original Go scanner. The other tables record what later
-ops decided and did, so any op can be re-executed from the scan DB alone.
+`scanned_files` keeps the columns and types of the original Go scanner (times as INTEGER Unix
+seconds, text as '' rather than NULL), so Go's processor could read one of our scan DBs. The
+other tables record what later ops decided and did, so any op can be re-executed from the scan DB
+alone.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ CREATE TABLE IF NOT EXISTS scanned_files (
     file_path TEXT NOT NULL UNIQUE,      -- display form (undecodable bytes backslash-escaped)
     path_bytes BLOB NOT NULL,            -- the exact file name, used for every file operation
     file_size INTEGER,
-    file_hash TEXT,
-    modified_time TEXT,
-    artist TEXT, album_artist TEXT, album TEXT, title TEXT,
-    track_number INTEGER, disc_number INTEGER, year INTEGER, genre TEXT,
+    file_hash TEXT NOT NULL DEFAULT '',
+    modified_time INTEGER,               -- Unix seconds
+    artist TEXT NOT NULL DEFAULT '', album_artist TEXT NOT NULL DEFAULT '',
+    album TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '',
+    track_number INTEGER, disc_number INTEGER, year INTEGER, genre TEXT NOT NULL DEFAULT '',
     duration INTEGER, bitrate INTEGER, sample_rate INTEGER,
     is_valid INTEGER NOT NULL,
-    validation_error TEXT,
-    album_group_hash TEXT,
-    album_group_id TEXT,
-    created_at TEXT NOT NULL
+    validation_error TEXT NOT NULL DEFAULT '',
+    album_group_hash TEXT NOT NULL DEFAULT '',
+    album_group_id TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))  -- Unix seconds
 );
 CREATE INDEX IF NOT EXISTS scanned_files_group ON scanned_files(album_group_id);
 CREATE TABLE IF NOT EXISTS scan_info (key TEXT PRIMARY KEY, value TEXT);
@@ -79,8 +82,10 @@ def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
         raise UserError(f"scan DB directory {directory} cannot be created: {exc.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UserError(f"scan DB directory {directory} is not writable")
-    scan_id = f"{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
-    path = os.path.join(directory, f"{PREFIX}{scan_id}.db")
+    # The scan_id is the file name without `.db`, as Go names its scan DBs (plus a random part:
+    # two scans may start in the same second).
+    scan_id = f"{PREFIX}{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+    path = os.path.join(directory, f"{scan_id}.db")
     try:
         conn = connect(path)
     except sqlite3.Error as exc:

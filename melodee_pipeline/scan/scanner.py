@@ -1,11 +1,10 @@
-"""scan_inbound (SPEC §5): walk inbound, read every media file in parallel, write the scan DB."""
+"""scan_inbound: walk inbound, read every media file in parallel, write the scan DB."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from melodee_pipeline import faults
 from melodee_pipeline.parallel import batched, bounded_map, process_pool
@@ -49,7 +48,7 @@ def scan_inbound(
     conn = scandb.connect(path)
     scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds)
     conn.commit()
-    now_iso = datetime.now(timezone.utc).isoformat()
+    created_at = int(time.time())
     skipped = 0
 
     def on_skip(skip: Skip) -> None:
@@ -72,7 +71,7 @@ def scan_inbound(
         rows = (row for chunk in bounded_map(read_media_files, tasks, pool, window=workers * 4) for row in chunk)
         for row in rows:
             faults.point("scanned_file")
-            batch.append((*row, now_iso))
+            batch.append((*row, created_at))
             files += 1
             valid += row[_VALID]
             if not row[_VALID]:

@@ -1,4 +1,4 @@
-"""Read one media file: size, mtime, sha256 and normalised tags (SPEC §5).
+"""Read one media file: size, mtime, sha256 and normalised tags.
 
 Runs inside worker processes: mediafile is pure Python, so tag parsing is bound by the GIL.
 """
@@ -8,12 +8,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from datetime import datetime, timezone
 
 import mediafile
 
 CHUNK = 1 << 20
 IN_MEMORY_BYTES = 4 << 20  # smaller files are read once for hash and tags; larger ones are streamed
+ROW_COLUMNS = (
+    "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
+    "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
+    "sample_rate", "is_valid", "validation_error",
+)
+TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error")
+# Text is '' when absent (never NULL, as Go writes it); numbers are NULL when unknown.
+EMPTY_ROW = {**dict.fromkeys(ROW_COLUMNS), **dict.fromkeys(TEXT_COLUMNS, ""), "is_valid": 0}
 
 
 def sha256_file(path: bytes | str) -> str:
@@ -29,12 +36,11 @@ def display_path(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-def _text(value: object) -> str | None:
+def _text(value: object) -> str:
     if value is None:
-        return None
+        return ""
     # A lone surrogate (broken UTF-16 in a tag) cannot be stored as text; it becomes U+FFFD.
-    text = str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace").strip()
-    return text or None
+    return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace").strip()
 
 
 def _int(value: object) -> int | None:
@@ -47,14 +53,14 @@ def _int(value: object) -> int | None:
 
 def read_media_file(path: bytes) -> dict:
     """One `scanned_files` row (without ids and grouping) for the file at `path`. Never raises."""
-    row: dict = {"file_path": display_path(path), "path_bytes": path, "is_valid": 0}
+    row: dict = {**EMPTY_ROW, "file_path": display_path(path), "path_bytes": path}
     try:
         st = os.stat(path, follow_symlinks=False)
     except OSError as exc:
         row["validation_error"] = f"unreadable: {exc.strerror}"
         return row
     row["file_size"] = st.st_size
-    row["modified_time"] = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat()
+    row["modified_time"] = int(st.st_mtime)
     if st.st_size == 0:
         row["validation_error"] = "empty file"
         return row
@@ -103,15 +109,8 @@ def read_media_file(path: bytes) -> dict:
     if not row["title"]:
         problems.append("missing title")
     row["is_valid"] = 0 if problems else 1
-    row["validation_error"] = "; ".join(problems) or None
+    row["validation_error"] = "; ".join(problems)
     return row
-
-
-ROW_COLUMNS = (
-    "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
-    "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
-    "sample_rate", "is_valid", "validation_error",
-)
 
 
 def read_media_files(paths: list[bytes]) -> list[tuple]:
