@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS scanned_files (
     validation_error TEXT NOT NULL DEFAULT '',
     album_group_hash TEXT NOT NULL DEFAULT '',
     album_group_id TEXT NOT NULL DEFAULT '',
-    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))  -- Unix seconds
+    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now')),  -- Unix seconds
+    warnings TEXT NOT NULL DEFAULT ''    -- tag values dropped or cleaned, '; '-separated
 );
 CREATE INDEX IF NOT EXISTS scanned_files_group ON scanned_files(album_group_id);
 CREATE TABLE IF NOT EXISTS scan_info (key TEXT PRIMARY KEY, value TEXT);
@@ -53,6 +54,9 @@ CREATE TABLE IF NOT EXISTS staged_files (
 """
 
 PREFIX = "scan_"
+# Columns added to scanned_files since the first scan DBs: an older scan DB gains them when opened,
+# so a run re-executed after an upgrade can still read its own scan DB.
+ADDED_COLUMNS = {"warnings": "TEXT NOT NULL DEFAULT ''"}
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -61,6 +65,10 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(scanned_files)")}
+    for name, declaration in ADDED_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE scanned_files ADD COLUMN {name} {declaration}")
     return conn
 
 

@@ -8,17 +8,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 
 import mediafile
 
 CHUNK = 1 << 20
 IN_MEMORY_BYTES = 4 << 20  # smaller files are read once for hash and tags; larger ones are streamed
+TAG_MAX = 9999  # track, disc and year beyond this are nonsense (or an attack), treated as missing
+AUDIO_MAX = 2**31 - 1  # duration, bitrate, sample rate: what a Go int32 / PostgreSQL integer holds
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters, NUL included
 ROW_COLUMNS = (
     "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
     "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
-    "sample_rate", "is_valid", "validation_error",
+    "sample_rate", "is_valid", "validation_error", "warnings",
 )
-TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error")
+TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error", "warnings")
 # Text is '' when absent (never NULL, as Go writes it); numbers are NULL when unknown.
 EMPTY_ROW = {**dict.fromkeys(ROW_COLUMNS), **dict.fromkeys(TEXT_COLUMNS, ""), "is_valid": 0}
 
@@ -36,23 +40,76 @@ def display_path(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-def _text(value: object) -> str:
+def clean_text(value: object, name: str, warnings: list[str]) -> str:
+    """Tag text as stored. NUL and the other control characters are removed: PostgreSQL text cannot
+    hold NUL, and none of them belongs in a name or a directory. A lone surrogate (broken UTF-16 in
+    a tag) cannot be stored as text either; it becomes U+FFFD."""
     if value is None:
         return ""
-    # A lone surrogate (broken UTF-16 in a tag) cannot be stored as text; it becomes U+FFFD.
-    return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace").strip()
+    text = str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    cleaned = _CONTROL.sub("", text)
+    if cleaned != text:
+        warnings.append(f"control characters removed from {name}")
+    return cleaned.strip()
 
 
-def _int(value: object) -> int | None:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
+def clean_number(value: object, name: str, limit: int, warnings: list[str]) -> int | None:
+    """A whole number in 0..limit, else missing with a warning: a 20-digit track number fits
+    neither SQLite nor PostgreSQL, and must not fail the file, let alone the scan."""
+    if value is None:
         return None
-    return n if n > 0 else None
+    try:
+        n = round(value) if isinstance(value, float) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        warnings.append(f"{name} {str(value)[:40]!r} is not a number, ignored")
+        return None
+    if 0 <= n <= limit:
+        return n
+    shown = str(n) if len(str(n)) <= 40 else str(n)[:40] + "..."
+    warnings.append(f"{name} {shown} out of range 0-{limit}, ignored")
+    return None
+
+
+def _field(mf: mediafile.MediaFile, name: str, warnings: list[str]) -> object:
+    """One mediafile field; a tag mediafile cannot parse (e.g. a 5000-digit number) counts as missing."""
+    try:
+        return getattr(mf, name)
+    except Exception as exc:
+        warnings.append(f"{name} tag unreadable ({type(exc).__name__}), ignored")
+        return None
+
+
+def _read_tags(mf: mediafile.MediaFile, row: dict) -> float:
+    """Fill the tag and audio columns of `row`; returns the length in seconds."""
+    warnings: list[str] = []
+
+    def get(name: str) -> object:
+        return _field(mf, name, warnings)
+
+    def text(name: str, shown: str) -> str:
+        return clean_text(get(name), shown, warnings)
+
+    length = get("length") or 0
+    row.update(
+        artist=text("artist", "artist"),
+        album_artist=text("albumartist", "album artist"),
+        album=text("album", "album"),
+        title=text("title", "title"),
+        track_number=clean_number(get("track"), "track", TAG_MAX, warnings) or None,
+        disc_number=clean_number(get("disc"), "disc", TAG_MAX, warnings) or None,
+        year=clean_number(get("year"), "year", TAG_MAX, warnings) or None,
+        genre=text("genre", "genre"),
+        duration=clean_number(length * 1000, "duration (ms)", AUDIO_MAX, warnings),
+        bitrate=clean_number((get("bitrate") or 0) / 1000, "bitrate (kbps)", AUDIO_MAX, warnings),
+        sample_rate=clean_number(get("samplerate"), "sample rate", AUDIO_MAX, warnings) or None,
+        warnings="; ".join(warnings),
+    )
+    return length
 
 
 def read_media_file(path: bytes) -> dict:
-    """One `scanned_files` row (without ids and grouping) for the file at `path`. Never raises."""
+    """One `scanned_files` row (without ids and grouping) for the file at `path`. Never raises:
+    whatever is wrong with a file is that file's `validation_error`, never the scan's."""
     row: dict = {**EMPTY_ROW, "file_path": display_path(path), "path_bytes": path}
     try:
         st = os.stat(path, follow_symlinks=False)
@@ -75,32 +132,15 @@ def read_media_file(path: bytes) -> dict:
         else:
             row["file_hash"] = sha256_file(path)
             source = os.fsdecode(path)
-        mf = mediafile.MediaFile(source)
-    except PermissionError as exc:
-        row["validation_error"] = f"unreadable: {exc.strerror}"
-        return row
+        length = _read_tags(mediafile.MediaFile(source), row)
     except OSError as exc:
         row["validation_error"] = f"unreadable: {exc.strerror or exc}"
         return row
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
-        row["validation_error"] = f"corrupt or not audio: {type(exc).__name__}: {exc}"[:500]
+        row["validation_error"] = _CONTROL.sub("", f"corrupt or not audio: {type(exc).__name__}: {exc}")[:500]
         return row
-    length = mf.length or 0
-    row.update(
-        artist=_text(mf.artist),
-        album_artist=_text(mf.albumartist),
-        album=_text(mf.album),
-        title=_text(mf.title),
-        track_number=_int(mf.track),
-        disc_number=_int(mf.disc),
-        year=_int(mf.year),
-        genre=_text(mf.genre),
-        duration=int(round(length * 1000)),
-        bitrate=int(round((mf.bitrate or 0) / 1000)),
-        sample_rate=mf.samplerate or None,
-    )
     problems = []
-    if length <= 0:
+    if not length > 0:  # NaN included
         problems.append("no audio stream")
     if not (row["artist"] or row["album_artist"]):
         problems.append("missing artist")
