@@ -32,8 +32,8 @@ CREATE TABLE IF NOT EXISTS scanned_files (
     validation_error TEXT NOT NULL DEFAULT '',
     album_group_hash TEXT NOT NULL DEFAULT '',
     album_group_id TEXT NOT NULL DEFAULT '',
-    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now')),  -- Unix seconds
-    warnings TEXT NOT NULL DEFAULT ''    -- tag values dropped or cleaned, '; '-separated
+    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))  -- Unix seconds
+    -- and ADDED_COLUMNS below
 );
 CREATE INDEX IF NOT EXISTS scanned_files_group ON scanned_files(album_group_id);
 CREATE TABLE IF NOT EXISTS scan_info (key TEXT PRIMARY KEY, value TEXT);
@@ -54,9 +54,14 @@ CREATE TABLE IF NOT EXISTS staged_files (
 """
 
 PREFIX = "scan_"
-# Columns added to scanned_files since the first scan DBs: an older scan DB gains them when opened,
-# so a run re-executed after an upgrade can still read its own scan DB.
-ADDED_COLUMNS = {"warnings": "TEXT NOT NULL DEFAULT ''"}
+# Columns of scanned_files added since the first scan DBs. `connect` adds them to new and old scan
+# DBs alike, so a run re-executed after an upgrade can still read its own scan DB.
+ADDED_COLUMNS = {
+    "warnings": "TEXT NOT NULL DEFAULT ''",  # tag values dropped or cleaned, '; '-separated
+    # The file's identity when scanned: a refused file with the same one is not read again.
+    "mtime_ns": "INTEGER", "inode": "INTEGER", "ctime_ns": "INTEGER",
+    "refused_since": "INTEGER",  # invalid files: Unix seconds when first refused unchanged
+}
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:

@@ -20,7 +20,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters, N
 ROW_COLUMNS = (
     "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
     "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
-    "sample_rate", "is_valid", "validation_error", "warnings",
+    "sample_rate", "is_valid", "validation_error", "warnings", "mtime_ns", "inode", "ctime_ns",
 )
 TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error", "warnings")
 # Text is '' when absent (never NULL, as Go writes it); numbers are NULL when unknown.
@@ -107,17 +107,30 @@ def _read_tags(mf: mediafile.MediaFile, row: dict) -> float:
     return length
 
 
-def read_media_file(path: bytes) -> dict:
-    """One `scanned_files` row (without ids and grouping) for the file at `path`. Never raises:
-    whatever is wrong with a file is that file's `validation_error`, never the scan's."""
-    row: dict = {**EMPTY_ROW, "file_path": display_path(path), "path_bytes": path}
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError as exc:
-        row["validation_error"] = f"unreadable: {exc.strerror}"
-        return row
-    row["file_size"] = st.st_size
-    row["modified_time"] = int(st.st_mtime)
+def file_row(path: bytes, st: os.stat_result) -> dict:
+    """The row of a file not read (yet): its name and what its stat says."""
+    return {
+        **EMPTY_ROW, "file_path": display_path(path), "path_bytes": path, "file_size": st.st_size,
+        "modified_time": int(st.st_mtime), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "ctime_ns": st.st_ctime_ns,
+    }
+
+
+def as_tuple(row: dict) -> tuple:
+    """A row in ROW_COLUMNS order: smaller to pickle than a dict, and ready for executemany."""
+    return tuple(map(row.get, ROW_COLUMNS))
+
+
+def read_media_file(path: bytes, st: os.stat_result | None = None) -> dict:
+    """One `scanned_files` row (without ids and grouping) for the file at `path`, whose stat the
+    walk already took. Never raises: whatever is wrong with a file is that file's
+    `validation_error`, never the scan's."""
+    if st is None:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError as exc:
+            return {**EMPTY_ROW, "file_path": display_path(path), "path_bytes": path,
+                    "validation_error": f"unreadable: {exc.strerror}"}
+    row = file_row(path, st)
     if st.st_size == 0:
         row["validation_error"] = "empty file"
         return row
@@ -153,7 +166,6 @@ def read_media_file(path: bytes) -> dict:
     return row
 
 
-def read_media_files(paths: list[bytes]) -> list[tuple]:
-    """A batch per task: one inter-process round trip per batch, rows as tuples in ROW_COLUMNS
-    order (smaller to pickle than dicts, and ready for executemany)."""
-    return [tuple(map(read_media_file(p).get, ROW_COLUMNS)) for p in paths]
+def read_media_files(files: list[tuple[bytes, os.stat_result]]) -> list[tuple]:
+    """A batch of (path, stat) per task: one inter-process round trip per batch."""
+    return [as_tuple(read_media_file(path, st)) for path, st in files]
