@@ -13,7 +13,7 @@ import sqlite3
 
 import mutagen
 import pytest
-from mutagen.id3 import ID3, TPE1, TPOS, TRCK, TDRC
+from mutagen.id3 import ID3, TDRC, TPOS, TRCK
 
 from melodee_pipeline.samples import Tags, make_track
 from melodee_pipeline.scan import scandb

@@ -3,6 +3,7 @@ counted and listed, and the memory survives the pruning of old scan DBs."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import sys
@@ -104,3 +105,65 @@ def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path):
     assert third.unchanged == 1
     remembered = sqlite3.connect(scans / "refusals.db").execute("SELECT path_bytes, reason FROM refusals").fetchall()
     assert remembered == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_one_log_event_per_reason_not_per_file(tmp_path):
+    inbound = tmp_path / "in"
+    for i in range(6):
+        make_track(str(inbound / "untitled" / f"{i}.mp3"), Tags("A", "B"), seed=i)
+    for i in range(4):
+        (inbound / "junk" / f"{i}.flac").parent.mkdir(parents=True, exist_ok=True)
+        (inbound / "junk" / f"{i}.flac").write_text(f"not audio {i}" * 30)
+    make_track(str(inbound / "good.mp3"), Tags("A", "B", "T"))
+    age(inbound)
+    for busy in ("busy1", "busy2"):
+        make_track(str(inbound / busy / "x.mp3"), Tags("A", "B", "T"))
+    logger = logging.getLogger("test_refusals.events")
+    logger.setLevel(logging.INFO)
+    handler = Records()
+    logger.addHandler(handler)
+    try:
+        result = scan_inbound(str(inbound), str(tmp_path / "scans"), workers=2, min_file_age_seconds=60, logger=logger)
+        again = scan_inbound(str(inbound), str(tmp_path / "scans"), workers=2, min_file_age_seconds=60, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    assert (result.invalid, result.skipped, again.unchanged) == (10, 2, 10)
+    msgs = handler.messages
+    assert len(msgs) == 6, msgs  # per scan: refused, skipped, summary
+    assert msgs[0] == "refused 10 files: missing title (6), corrupt or not audio (4)"
+    assert msgs[1] == "skipped 2 files: modified less than 60s ago (still being copied?) (2 paths, 2 files)"
+    assert msgs[3] == "refused 10 files: missing title (6), corrupt or not audio (4); 10 of them unchanged since an earlier scan, not read again"
+    assert not any(".mp3" in m or ".flac" in m for m in msgs)
+
+
+def test_refusals_command_lists_every_refused_file_and_skipped_path(tmp_path, capsys):
+    from melodee_pipeline.cli import main
+
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    make_track(str(inbound / "busy" / "x.mp3"), Tags("A", "B", "T"))
+    first = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=60)
+    assert main(["refusals", "--scan", first.scan_db]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{inbound / 'junk.ogg'}\tcorrupt or not audio: ") and lines[0].endswith("\trefused in this scan")
+    assert lines[1:] == [f"{inbound / 'no_title.flac'}\tmissing title\trefused in this scan",
+                         f"{inbound / 'busy'}\tskipped: modified less than 60s ago (still being copied?) (1 files)\t"]
+    assert err == f"2 refused files, 1 skipped paths in {first.scan_db}\n"
+    time.sleep(1.1)
+    second = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=60)
+    assert main(["refusals", "--dir", str(scans)]) == 0
+    out, err = capsys.readouterr()
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created_at(first.scan_db)))
+    assert out.splitlines()[1] == f"{inbound / 'no_title.flac'}\tmissing title\tstill refused, unchanged since {since} UTC"
+    assert err.endswith(f"in {second.scan_db}\n")
+    assert main(["refusals", "--dir", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err == f"error: no scan database in {tmp_path / 'nothing'}\n"

@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from melodee_pipeline.errors import UserError
 
@@ -109,13 +110,23 @@ def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
     return scan_id, path
 
 
-def prune(directory: str, keep: int, current: str) -> list[str]:
-    """Delete all but the newest `keep` scan DBs; `current` is always kept.
+def _oldest_first(directory: str) -> list[Path]:
+    """The scan DBs in `directory` in creation order (name, then mtime): two scans in one second
+    differ only in their random id."""
+    dbs = [p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file()]
+    return sorted(dbs, key=lambda p: (p.name[: len(PREFIX) + 15], p.stat().st_mtime_ns))
 
-    Newest by creation order (name, then mtime): two scans in one second differ only in their random id.
-    """
-    dbs = [p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file() and str(p) != current]
-    dbs.sort(key=lambda p: (p.name[: len(PREFIX) + 15], p.stat().st_mtime_ns))
+
+def newest(directory: str) -> str:
+    dbs = _oldest_first(directory) if os.path.isdir(directory) else []
+    if not dbs:
+        raise UserError(f"no scan database in {directory}")
+    return str(dbs[-1])
+
+
+def prune(directory: str, keep: int, current: str) -> list[str]:
+    """Delete all but the newest `keep` scan DBs; `current` is always kept."""
+    dbs = [p for p in _oldest_first(directory) if str(p) != current]
     removed = []
     for p in dbs[: max(0, len(dbs) - (keep - 1))]:
         for suffix in ("", "-wal", "-shm"):
@@ -134,3 +145,21 @@ def set_info(conn: sqlite3.Connection, **values: object) -> None:
 def get_info(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM scan_info WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None
+
+
+def refused(conn: sqlite3.Connection, limit: int = -1) -> Iterator[tuple[str, str, str]]:
+    """(path, reason, since) of the files this scan refused, by path. `since` tells a new refusal
+    from a leftover that was not read again."""
+    for path, reason, since, created in conn.execute(
+        "SELECT file_path, validation_error, refused_since, created_at FROM scanned_files "
+        "WHERE is_valid = 0 ORDER BY file_path LIMIT ?", (limit,)
+    ):
+        if not isinstance(since, int) or since == created:
+            yield path, reason, "refused in this scan"
+        else:
+            yield path, reason, f"still refused, unchanged since {datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def skipped(conn: sqlite3.Connection) -> Iterator[tuple[str, str, int]]:
+    """(path, reason, file count) of what the walk left for a later scan."""
+    yield from conn.execute("SELECT path, reason, file_count FROM skipped ORDER BY path")
