@@ -1,4 +1,4 @@
-"""scan_inbound (SPEC §5): real tags from real files, invalid files explained, busy folders skipped."""
+"""scan_inbound: real tags from real files, invalid files explained, busy folders skipped."""
 
 from __future__ import annotations
 
