@@ -102,6 +102,22 @@ def cmd_scan_inbound(args) -> int:
     return 0
 
 
+def cmd_refusals(args) -> int:
+    from contextlib import closing
+
+    from melodee_pipeline.scan import scandb
+
+    path = args.scan or scandb.newest(args.dir)
+    with closing(scandb.open_existing(path)) as conn:
+        refused = skipped = 0
+        for refused, (file_path, reason, since) in enumerate(scandb.refused(conn), 1):
+            print(f"{file_path}\t{reason}\t{since}")
+        for skipped, (skip_path, reason, files) in enumerate(scandb.skipped(conn), 1):
+            print(f"{skip_path}\tskipped: {reason} ({files} files)\t")
+    print(f"{refused} refused files, {skipped} skipped paths in {path}", file=sys.stderr)
+    return 0
+
+
 def _database_configured() -> bool:
     from melodee_pipeline.db.engine import melodee_home
 
@@ -273,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--workers", type=_workers, default=4)
     si.add_argument("--min-file-age", type=int, default=60, help="skip folders with files younger than this (seconds)")
     si.set_defaults(fn=cmd_scan_inbound)
+
+    rf = sub.add_parser("refusals", help="list every refused file and skipped path of a scan DB, with its reason")
+    which = rf.add_mutually_exclusive_group(required=True)
+    which.add_argument("--scan", help="a scan DB file")
+    which.add_argument("--dir", help="a scan DB directory: its newest scan DB")
+    rf.set_defaults(fn=cmd_refusals)
 
     ps = sub.add_parser("process-scan", help="group and stage the files of a scan DB")
     ps.add_argument("--scan", required=True)

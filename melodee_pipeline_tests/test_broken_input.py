@@ -123,7 +123,7 @@ def test_unreadable_file_is_invalid_and_stays(shared_dir):
     assert proc.returncode == 0, proc.stderr
     rows = dict(sqlite3.connect(proc.stdout.strip()).execute("SELECT file_path, validation_error FROM scanned_files"))
     assert rows[str(inbound / "secret.mp3")] == "unreadable: Permission denied"
-    assert rows[str(inbound / "open.mp3")] is None
+    assert rows[str(inbound / "open.mp3")] == ""
 
 
 def test_read_only_staging_is_refused_and_keeps_files(shared_dir):

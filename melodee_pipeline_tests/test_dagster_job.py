@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -73,6 +74,20 @@ def test_real_run_stages_records_and_reports(inbound, engine):
     assert any(m.startswith("staging scan summary {") and '"albums_total": 2' in m for m in result.log_messages)
     mats = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
     assert [m.event_specific_data.materialization.asset_key.path for m in mats] == [["staging_items"]]
+
+
+def test_refused_files_are_one_log_event_and_a_metadata_table(inbound):
+    assert run().success
+    time.sleep(1.1)  # refusal times are whole seconds: the next scan starts in a later one
+    second = run()  # broken.mp3 is left over, unchanged
+    scan_md = metadata(second, "scan_inbound")
+    assert (scan_md["invalid"], scan_md["refused_unchanged"]) == (1, 1)
+    [row] = scan_md["refused"]
+    assert row.data["path"] == str(inbound["inbound"] / "broken.mp3")
+    assert row.data["reason"].startswith("corrupt or not audio") and row.data["since"].startswith("still refused, unchanged since ")
+    assert [m for m in second.log_messages if m.startswith("refused")] == [
+        "refused 1 files: corrupt or not audio (1); 1 of them unchanged since an earlier scan, not read again"]
+    assert not [m for m in second.log_messages if "broken.mp3" in m]
 
 
 def test_dry_run_from_run_config_changes_no_tree_and_no_table(inbound, engine):

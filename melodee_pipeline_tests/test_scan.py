@@ -1,4 +1,4 @@
-"""scan_inbound (SPEC §5): real tags from real files, invalid files explained, busy folders skipped."""
+"""scan_inbound: real tags from real files, invalid files explained, busy folders skipped."""
 
 from __future__ import annotations
 
@@ -126,3 +126,26 @@ def test_streamed_and_in_memory_reads_agree(tmp_path, monkeypatch):
     streamed = [tags.read_media_file(p) for p in paths]
     assert in_memory == streamed
     assert all(r["is_valid"] == 1 and r["title"] == f"T{i}" for i, r in enumerate(streamed))
+
+
+def test_scan_db_has_go_column_types_and_scan_id_is_its_file_name(tmp_path):
+    """Go's processor reads times as INTEGER Unix seconds and text as '' (a NULL string fails its scan)."""
+    import time
+
+    inbound = tmp_path / "in"
+    make_track(str(inbound / "ok.mp3"), Tags("A", "B", "T"))
+    (inbound / "bad.flac").write_text("not audio")
+    age(inbound, 7200)
+    before = int(time.time())
+    result = scan_inbound(str(inbound), str(tmp_path / "scans"), workers=1, min_file_age_seconds=0)
+    assert result.scan_id == os.path.basename(result.scan_db)[: -len(".db")]
+    assert result.scan_id.startswith("scan_") and len(result.scan_id) == len("scan_20240101_120000_abcd1234")
+    conn = sqlite3.connect(result.scan_db)
+    assert conn.execute("SELECT value FROM scan_info WHERE key = 'scan_id'").fetchone() == (result.scan_id,)
+    types = dict(conn.execute("SELECT name, type FROM pragma_table_info('scanned_files')"))
+    assert types["modified_time"] == types["created_at"] == "INTEGER"
+    for path, modified, created in conn.execute("SELECT file_path, modified_time, created_at FROM scanned_files"):
+        assert modified == int(os.stat(path).st_mtime) and before <= created <= time.time()
+    text = [n for n, t in types.items() if t == "TEXT"]
+    nulls = conn.execute(f"SELECT {' + '.join(f'({c} IS NULL)' for c in text)} FROM scanned_files").fetchall()
+    assert nulls == [(0,), (0,)]

@@ -9,7 +9,7 @@ Dagster takes it for any subset of steps, a re-execution included.
 import json
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, replace
 from typing import Iterator, Optional
 
@@ -20,6 +20,7 @@ from melodee_pipeline import cycle
 from melodee_pipeline.errors import DatabaseUnavailable, UserError
 from melodee_pipeline.grouping import group_albums as group_scan_db
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
+from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.scanner import scan_inbound as scan_tree
 from melodee_pipeline.staging.stage import prepare_staging, stage_albums as stage_scan_db
 
@@ -78,7 +79,21 @@ def scan_inbound(context: dg.OpExecutionContext, config: ScanConfig, database: M
             "inbound_path": dg.MetadataValue.path(libs.inbound.path), "files": result.files,
             "valid": result.valid, "invalid": result.invalid, "skipped": result.skipped,
             "seconds": round(result.seconds, 2), "dry_run": s.dry_run, "workers": s.workers,
+            "refused_unchanged": result.unchanged, "refused": _refused_table(result.scan_db),
         },
+    )
+
+
+REFUSED_TABLE_ROWS = 300
+
+
+def _refused_table(scan_db: str) -> dg.TableMetadataValue:
+    """The first refused files by path; `melodee-pipeline refusals --scan FILE` lists them all."""
+    with closing(sqlite3.connect(scan_db)) as conn:
+        rows = list(scandb.refused(conn, REFUSED_TABLE_ROWS))
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"path": p, "reason": r, "since": s}) for p, r, s in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in ("path", "reason", "since")]),
     )
 
 

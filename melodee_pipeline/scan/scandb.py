@@ -1,7 +1,9 @@
-"""The scan database (SPEC §5): one SQLite file per run, its working set and audit trail.
+"""The scan database: one SQLite file per run, its working set and audit trail.
 
-`scanned_files` keeps the columns of the original Go scanner. The other tables record what later
-ops decided and did, so any op can be re-executed from the scan DB alone.
+`scanned_files` keeps the columns and types of the original Go scanner (times as INTEGER Unix
+seconds, text as '' rather than NULL), so Go's processor could read one of our scan DBs. The
+other tables record what later ops decided and did, so any op can be re-executed from the scan DB
+alone.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import secrets
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from melodee_pipeline.errors import UserError
 
@@ -20,16 +23,18 @@ CREATE TABLE IF NOT EXISTS scanned_files (
     file_path TEXT NOT NULL UNIQUE,      -- display form (undecodable bytes backslash-escaped)
     path_bytes BLOB NOT NULL,            -- the exact file name, used for every file operation
     file_size INTEGER,
-    file_hash TEXT,
-    modified_time TEXT,
-    artist TEXT, album_artist TEXT, album TEXT, title TEXT,
-    track_number INTEGER, disc_number INTEGER, year INTEGER, genre TEXT,
+    file_hash TEXT NOT NULL DEFAULT '',
+    modified_time INTEGER,               -- Unix seconds
+    artist TEXT NOT NULL DEFAULT '', album_artist TEXT NOT NULL DEFAULT '',
+    album TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '',
+    track_number INTEGER, disc_number INTEGER, year INTEGER, genre TEXT NOT NULL DEFAULT '',
     duration INTEGER, bitrate INTEGER, sample_rate INTEGER,
     is_valid INTEGER NOT NULL,
-    validation_error TEXT,
-    album_group_hash TEXT,
-    album_group_id TEXT,
-    created_at TEXT NOT NULL
+    validation_error TEXT NOT NULL DEFAULT '',
+    album_group_hash TEXT NOT NULL DEFAULT '',
+    album_group_id TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))  -- Unix seconds
+    -- and ADDED_COLUMNS below
 );
 CREATE INDEX IF NOT EXISTS scanned_files_group ON scanned_files(album_group_id);
 CREATE TABLE IF NOT EXISTS scan_info (key TEXT PRIMARY KEY, value TEXT);
@@ -50,6 +55,14 @@ CREATE TABLE IF NOT EXISTS staged_files (
 """
 
 PREFIX = "scan_"
+# Columns of scanned_files added since the first scan DBs. `connect` adds them to new and old scan
+# DBs alike, so a run re-executed after an upgrade can still read its own scan DB.
+ADDED_COLUMNS = {
+    "warnings": "TEXT NOT NULL DEFAULT ''",  # tag values dropped or cleaned, '; '-separated
+    # The file's identity when scanned: a refused file with the same one is not read again.
+    "mtime_ns": "INTEGER", "inode": "INTEGER", "ctime_ns": "INTEGER",
+    "refused_since": "INTEGER",  # invalid files: Unix seconds when first refused unchanged
+}
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -58,6 +71,10 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(scanned_files)")}
+    for name, declaration in ADDED_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE scanned_files ADD COLUMN {name} {declaration}")
     return conn
 
 
@@ -79,8 +96,10 @@ def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
         raise UserError(f"scan DB directory {directory} cannot be created: {exc.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UserError(f"scan DB directory {directory} is not writable")
-    scan_id = f"{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
-    path = os.path.join(directory, f"{PREFIX}{scan_id}.db")
+    # The scan_id is the file name without `.db`, as Go names its scan DBs (plus a random part:
+    # two scans may start in the same second).
+    scan_id = f"{PREFIX}{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+    path = os.path.join(directory, f"{scan_id}.db")
     try:
         conn = connect(path)
     except sqlite3.Error as exc:
@@ -91,13 +110,23 @@ def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
     return scan_id, path
 
 
-def prune(directory: str, keep: int, current: str) -> list[str]:
-    """Delete all but the newest `keep` scan DBs; `current` is always kept.
+def _oldest_first(directory: str) -> list[Path]:
+    """The scan DBs in `directory` in creation order (name, then mtime): two scans in one second
+    differ only in their random id."""
+    dbs = [p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file()]
+    return sorted(dbs, key=lambda p: (p.name[: len(PREFIX) + 15], p.stat().st_mtime_ns))
 
-    Newest by creation order (name, then mtime): two scans in one second differ only in their random id.
-    """
-    dbs = [p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file() and str(p) != current]
-    dbs.sort(key=lambda p: (p.name[: len(PREFIX) + 15], p.stat().st_mtime_ns))
+
+def newest(directory: str) -> str:
+    dbs = _oldest_first(directory) if os.path.isdir(directory) else []
+    if not dbs:
+        raise UserError(f"no scan database in {directory}")
+    return str(dbs[-1])
+
+
+def prune(directory: str, keep: int, current: str) -> list[str]:
+    """Delete all but the newest `keep` scan DBs; `current` is always kept."""
+    dbs = [p for p in _oldest_first(directory) if str(p) != current]
     removed = []
     for p in dbs[: max(0, len(dbs) - (keep - 1))]:
         for suffix in ("", "-wal", "-shm"):
@@ -116,3 +145,21 @@ def set_info(conn: sqlite3.Connection, **values: object) -> None:
 def get_info(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM scan_info WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None
+
+
+def refused(conn: sqlite3.Connection, limit: int = -1) -> Iterator[tuple[str, str, str]]:
+    """(path, reason, since) of the files this scan refused, by path. `since` tells a new refusal
+    from a leftover that was not read again."""
+    for path, reason, since, created in conn.execute(
+        "SELECT file_path, validation_error, refused_since, created_at FROM scanned_files "
+        "WHERE is_valid = 0 ORDER BY file_path LIMIT ?", (limit,)
+    ):
+        if not isinstance(since, int) or since == created:
+            yield path, reason, "refused in this scan"
+        else:
+            yield path, reason, f"still refused, unchanged since {datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def skipped(conn: sqlite3.Connection) -> Iterator[tuple[str, str, int]]:
+    """(path, reason, file count) of what the walk left for a later scan."""
+    yield from conn.execute("SELECT path, reason, file_count FROM skipped ORDER BY path")

@@ -1,26 +1,33 @@
-"""scan_inbound (SPEC §5): walk inbound, read every media file in parallel, write the scan DB."""
+"""scan_inbound: walk inbound, read every media file in parallel, write the scan DB."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from melodee_pipeline import faults
 from melodee_pipeline.parallel import batched, bounded_map, process_pool
 from melodee_pipeline.scan import scandb
-from melodee_pipeline.scan.tags import ROW_COLUMNS, display_path, read_media_files
+from melodee_pipeline.scan.refusals import Refusals
+from melodee_pipeline.scan.tags import ROW_COLUMNS, as_tuple, display_path, file_row, read_media_files
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
 BATCH = 500  # rows per SQLite transaction
 TASK_FILES, TASK_BYTES = 32, 16 << 20  # per worker task: many small files or a few large ones
 PROGRESS_EVERY = 1000
-COLUMNS = (*ROW_COLUMNS, "created_at")
+COLUMNS = (*ROW_COLUMNS, "refused_since", "created_at")
 _INSERT = f"INSERT OR REPLACE INTO scanned_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-_VALID, _ERROR, _PATH = ROW_COLUMNS.index("is_valid"), ROW_COLUMNS.index("validation_error"), 0
+_VALID, _ERROR = ROW_COLUMNS.index("is_valid"), ROW_COLUMNS.index("validation_error")
 
 log = logging.getLogger(__name__)
+
+
+def reason_category(reason: str) -> str:
+    """A refusal's reason without its per-file detail: `corrupt or not audio: HeaderNotFoundError: …`
+    counts as `corrupt or not audio`."""
+    return reason.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class ScanResult:
     invalid: int
     skipped: int
     seconds: float
+    unchanged: int = 0  # of the invalid: refused before and unchanged since, so not read again
 
 
 def scan_inbound(
@@ -49,49 +57,84 @@ def scan_inbound(
     conn = scandb.connect(path)
     scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds)
     conn.commit()
-    now_iso = datetime.now(timezone.utc).isoformat()
+    created_at = int(time.time())
+    refusals = Refusals(scan_db_dir)
     skipped = 0
+
+    # In Dagster each log call is an event written to Postgres (one per refused file once cost 96%
+    # of a run): the log gets one line per reason, with counts; the scan DB lists every file and
+    # folder (`melodee-pipeline refusals`).
+    reasons: Counter = Counter()
+    skips: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # reason -> [paths, files]
 
     def on_skip(skip: Skip) -> None:
         nonlocal skipped
         skipped += skip.file_count
         shown = display_path(skip.path)
-        logger.info(f"skipped {shown}: {skip.reason}")
+        skips[skip.reason][0] += 1
+        skips[skip.reason][1] += skip.file_count
         conn.execute(
             "INSERT OR REPLACE INTO skipped(path, reason, file_count) VALUES (?, ?, ?)",
             (shown, skip.reason, skip.file_count),
         )
 
-    files = valid = 0
+    files = valid = unchanged = 0
     batch: list[tuple] = []
-    paths = walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip)
+
+    def add(row: tuple, refused_since: int | None) -> None:
+        nonlocal files, valid
+        faults.point("scanned_file")
+        batch.append((*row, refused_since, created_at))
+        files += 1
+        valid += row[_VALID]
+        if not row[_VALID]:
+            reasons[reason_category(row[_ERROR])] += 1
+        if len(batch) >= BATCH:
+            conn.executemany(_INSERT, batch)
+            conn.commit()
+            batch.clear()
+        if files % PROGRESS_EVERY == 0:
+            logger.info(f"scanned {files} files ({valid} valid) in {time.monotonic() - started:.1f}s")
+
+    def to_read(entries):
+        """The files to read: a file refused before and unchanged since is recorded as it is."""
+        nonlocal unchanged
+        for path, st in entries:
+            known = refusals.recall(path, st)
+            if known is None:
+                yield path, st
+            else:
+                reason, file_hash, since = known
+                unchanged += 1
+                add(as_tuple({**file_row(path, st), "validation_error": reason, "file_hash": file_hash}), since)
+
+    entries = to_read(walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip))
     pool = process_pool(workers, ["melodee_pipeline.scan.tags"]) if workers > 1 else None
     try:
-        tasks = batched(paths, TASK_FILES, TASK_BYTES, size=lambda item: item[1])
-        tasks = ([path for path, _size in task] for task in tasks)
-        rows = (row for chunk in bounded_map(read_media_files, tasks, pool, window=workers * 4) for row in chunk)
-        for row in rows:
-            faults.point("scanned_file")
-            batch.append((*row, now_iso))
-            files += 1
-            valid += row[_VALID]
-            if not row[_VALID]:
-                logger.warning(f"invalid file {row[_PATH]}: {row[_ERROR]}")
-            if len(batch) >= BATCH:
-                conn.executemany(_INSERT, batch)
-                conn.commit()
-                batch.clear()
-            if files % PROGRESS_EVERY == 0:
-                logger.info(f"scanned {files} files ({valid} valid) in {time.monotonic() - started:.1f}s")
+        tasks = batched(entries, TASK_FILES, TASK_BYTES, size=lambda item: item[1].st_size)
+        for chunk in bounded_map(read_media_files, tasks, pool, window=workers * 4):
+            for row in chunk:
+                add(row, None if row[_VALID] else created_at)
+        conn.executemany(_INSERT, batch)
+        seconds = time.monotonic() - started
+        scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, unchanged=unchanged, skipped=skipped,
+                        scan_seconds=f"{seconds:.3f}")
+        conn.commit()
+        refusals.replace(path)  # only a completed scan replaces what is remembered
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    conn.executemany(_INSERT, batch)
-    seconds = time.monotonic() - started
-    scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, skipped=skipped, scan_seconds=f"{seconds:.3f}")
-    conn.commit()
-    conn.close()
-    for old in scandb.prune(scan_db_dir, keep_scan_dbs, path) if keep_scan_dbs else []:
-        logger.info(f"deleted old scan DB {old}")
+        conn.close()
+        refusals.close()
+    if files - valid:
+        listed = ", ".join(f"{reason} ({n})" for reason, n in reasons.most_common())
+        again = f"; {unchanged} of them unchanged since an earlier scan, not read again" if unchanged else ""
+        logger.warning(f"refused {files - valid} files: {listed}{again}")
+    if skips:
+        listed = ", ".join(f"{reason} ({paths} paths, {n} files)" for reason, (paths, n) in skips.items())
+        logger.info(f"skipped {skipped} files: {listed}")
+    removed = scandb.prune(scan_db_dir, keep_scan_dbs, path) if keep_scan_dbs else []
+    if removed:
+        logger.info(f"deleted {len(removed)} old scan DBs: {', '.join(removed)}")
     logger.info(f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped in {seconds:.1f}s -> {path}")
-    return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds)
+    return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds, unchanged)

@@ -1,4 +1,4 @@
-"""Read one media file: size, mtime, sha256 and normalised tags (SPEC §5).
+"""Read one media file: size, mtime, sha256 and normalised tags.
 
 Runs inside worker processes: mediafile is pure Python, so tag parsing is bound by the GIL.
 """
@@ -8,12 +8,23 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from datetime import datetime, timezone
+import re
 
 import mediafile
 
 CHUNK = 1 << 20
 IN_MEMORY_BYTES = 4 << 20  # smaller files are read once for hash and tags; larger ones are streamed
+TAG_MAX = 9999  # track, disc and year beyond this are nonsense (or an attack), treated as missing
+AUDIO_MAX = 2**31 - 1  # duration, bitrate, sample rate: what a Go int32 / PostgreSQL integer holds
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters, NUL included
+ROW_COLUMNS = (
+    "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
+    "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
+    "sample_rate", "is_valid", "validation_error", "warnings", "mtime_ns", "inode", "ctime_ns",
+)
+TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error", "warnings")
+# Text is '' when absent (never NULL, as Go writes it); numbers are NULL when unknown.
+EMPTY_ROW = {**dict.fromkeys(ROW_COLUMNS), **dict.fromkeys(TEXT_COLUMNS, ""), "is_valid": 0}
 
 
 def sha256_file(path: bytes | str) -> str:
@@ -29,32 +40,97 @@ def display_path(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
-def _text(value: object) -> str | None:
+def clean_text(value: object, name: str, warnings: list[str]) -> str:
+    """Tag text as stored. NUL and the other control characters are removed: PostgreSQL text cannot
+    hold NUL, and none of them belongs in a name or a directory. A lone surrogate (broken UTF-16 in
+    a tag) cannot be stored as text either; it becomes U+FFFD."""
+    if value is None:
+        return ""
+    text = str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    cleaned = _CONTROL.sub("", text)
+    if cleaned != text:
+        warnings.append(f"control characters removed from {name}")
+    return cleaned.strip()
+
+
+def clean_number(value: object, name: str, limit: int, warnings: list[str]) -> int | None:
+    """A whole number in 0..limit, else missing with a warning: a 20-digit track number fits
+    neither SQLite nor PostgreSQL, and must not fail the file, let alone the scan."""
     if value is None:
         return None
-    # A lone surrogate (broken UTF-16 in a tag) cannot be stored as text; it becomes U+FFFD.
-    text = str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace").strip()
-    return text or None
-
-
-def _int(value: object) -> int | None:
     try:
-        n = int(value)
-    except (TypeError, ValueError):
+        n = round(value) if isinstance(value, float) else int(value)
+    except (TypeError, ValueError, OverflowError):
+        warnings.append(f"{name} {str(value)[:40]!r} is not a number, ignored")
         return None
-    return n if n > 0 else None
+    if 0 <= n <= limit:
+        return n
+    shown = str(n) if len(str(n)) <= 40 else str(n)[:40] + "..."
+    warnings.append(f"{name} {shown} out of range 0-{limit}, ignored")
+    return None
 
 
-def read_media_file(path: bytes) -> dict:
-    """One `scanned_files` row (without ids and grouping) for the file at `path`. Never raises."""
-    row: dict = {"file_path": display_path(path), "path_bytes": path, "is_valid": 0}
+def _field(mf: mediafile.MediaFile, name: str, warnings: list[str]) -> object:
+    """One mediafile field; a tag mediafile cannot parse (e.g. a 5000-digit number) counts as missing."""
     try:
-        st = os.stat(path, follow_symlinks=False)
-    except OSError as exc:
-        row["validation_error"] = f"unreadable: {exc.strerror}"
-        return row
-    row["file_size"] = st.st_size
-    row["modified_time"] = datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat()
+        return getattr(mf, name)
+    except Exception as exc:
+        warnings.append(f"{name} tag unreadable ({type(exc).__name__}), ignored")
+        return None
+
+
+def _read_tags(mf: mediafile.MediaFile, row: dict) -> float:
+    """Fill the tag and audio columns of `row`; returns the length in seconds."""
+    warnings: list[str] = []
+
+    def get(name: str) -> object:
+        return _field(mf, name, warnings)
+
+    def text(name: str, shown: str) -> str:
+        return clean_text(get(name), shown, warnings)
+
+    length = get("length") or 0
+    row.update(
+        artist=text("artist", "artist"),
+        album_artist=text("albumartist", "album artist"),
+        album=text("album", "album"),
+        title=text("title", "title"),
+        track_number=clean_number(get("track"), "track", TAG_MAX, warnings) or None,
+        disc_number=clean_number(get("disc"), "disc", TAG_MAX, warnings) or None,
+        year=clean_number(get("year"), "year", TAG_MAX, warnings) or None,
+        genre=text("genre", "genre"),
+        duration=clean_number(length * 1000, "duration (ms)", AUDIO_MAX, warnings),
+        bitrate=clean_number((get("bitrate") or 0) / 1000, "bitrate (kbps)", AUDIO_MAX, warnings),
+        sample_rate=clean_number(get("samplerate"), "sample rate", AUDIO_MAX, warnings) or None,
+        warnings="; ".join(warnings),
+    )
+    return length
+
+
+def file_row(path: bytes, st: os.stat_result) -> dict:
+    """The row of a file not read (yet): its name and what its stat says."""
+    return {
+        **EMPTY_ROW, "file_path": display_path(path), "path_bytes": path, "file_size": st.st_size,
+        "modified_time": int(st.st_mtime), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "ctime_ns": st.st_ctime_ns,
+    }
+
+
+def as_tuple(row: dict) -> tuple:
+    """A row in ROW_COLUMNS order: smaller to pickle than a dict, and ready for executemany."""
+    return tuple(map(row.get, ROW_COLUMNS))
+
+
+def read_media_file(path: bytes, st: os.stat_result | None = None) -> dict:
+    """One `scanned_files` row (without ids and grouping) for the file at `path`, whose stat the
+    walk already took. Never raises: whatever is wrong with a file is that file's
+    `validation_error`, never the scan's."""
+    if st is None:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError as exc:
+            return {**EMPTY_ROW, "file_path": display_path(path), "path_bytes": path,
+                    "validation_error": f"unreadable: {exc.strerror}"}
+    row = file_row(path, st)
     if st.st_size == 0:
         row["validation_error"] = "empty file"
         return row
@@ -69,32 +145,15 @@ def read_media_file(path: bytes) -> dict:
         else:
             row["file_hash"] = sha256_file(path)
             source = os.fsdecode(path)
-        mf = mediafile.MediaFile(source)
-    except PermissionError as exc:
-        row["validation_error"] = f"unreadable: {exc.strerror}"
-        return row
+        length = _read_tags(mediafile.MediaFile(source), row)
     except OSError as exc:
         row["validation_error"] = f"unreadable: {exc.strerror or exc}"
         return row
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
-        row["validation_error"] = f"corrupt or not audio: {type(exc).__name__}: {exc}"[:500]
+        row["validation_error"] = _CONTROL.sub("", f"corrupt or not audio: {type(exc).__name__}: {exc}")[:500]
         return row
-    length = mf.length or 0
-    row.update(
-        artist=_text(mf.artist),
-        album_artist=_text(mf.albumartist),
-        album=_text(mf.album),
-        title=_text(mf.title),
-        track_number=_int(mf.track),
-        disc_number=_int(mf.disc),
-        year=_int(mf.year),
-        genre=_text(mf.genre),
-        duration=int(round(length * 1000)),
-        bitrate=int(round((mf.bitrate or 0) / 1000)),
-        sample_rate=mf.samplerate or None,
-    )
     problems = []
-    if length <= 0:
+    if not length > 0:  # NaN included
         problems.append("no audio stream")
     if not (row["artist"] or row["album_artist"]):
         problems.append("missing artist")
@@ -103,18 +162,10 @@ def read_media_file(path: bytes) -> dict:
     if not row["title"]:
         problems.append("missing title")
     row["is_valid"] = 0 if problems else 1
-    row["validation_error"] = "; ".join(problems) or None
+    row["validation_error"] = "; ".join(problems)
     return row
 
 
-ROW_COLUMNS = (
-    "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
-    "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
-    "sample_rate", "is_valid", "validation_error",
-)
-
-
-def read_media_files(paths: list[bytes]) -> list[tuple]:
-    """A batch per task: one inter-process round trip per batch, rows as tuples in ROW_COLUMNS
-    order (smaller to pickle than dicts, and ready for executemany)."""
-    return [tuple(map(read_media_file(p).get, ROW_COLUMNS)) for p in paths]
+def read_media_files(files: list[tuple[bytes, os.stat_result]]) -> list[tuple]:
+    """A batch of (path, stat) per task: one inter-process round trip per batch."""
+    return [as_tuple(read_media_file(path, st)) for path, st in files]

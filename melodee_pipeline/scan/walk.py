@@ -1,4 +1,4 @@
-"""Walk the inbound tree (SPEC §5): media files only, symlinks never followed, busy folders skipped."""
+"""Walk the inbound tree: media files only, symlinks never followed, busy folders skipped."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ class Skip:
     file_count: int
 
 
-def walk_inbound(root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None]) -> Iterator[tuple[bytes, int]]:
-    """Yield (path, size) of media files, paths as bytes so any file name works, in a stable order.
+def walk_inbound(
+    root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None]
+) -> Iterator[tuple[bytes, os.stat_result]]:
+    """Yield (path, stat) of media files, paths as bytes so any file name works, in a stable order.
+    The stat is passed on: the scan needs it, and a second one per file would only cost time.
 
     A directory holding any file modified less than `min_file_age_seconds` ago is still being
     copied in; its files are skipped whole and reported through `on_skip`.
@@ -53,7 +56,7 @@ def walk_inbound(root: str, min_file_age_seconds: int, now: float, on_skip: Call
                     if min_file_age_seconds and st.st_mtime > now - min_file_age_seconds:
                         young = True
                     if is_media(entry.name):
-                        media.append((entry.path, st.st_size))
+                        media.append((entry.path, st))
             except OSError as exc:
                 on_skip(Skip(entry.path, f"cannot stat: {exc.strerror}", 1))
         stack.extend(reversed(subdirs))

@@ -1,0 +1,169 @@
+"""Remembered refusals: a leftover in inbound is not read again until it changes; it is still
+counted and listed, and the memory survives the pruning of old scan DBs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import sys
+import time
+from functools import partial
+
+from melodee_pipeline.samples import Tags, make_track, tag
+from melodee_pipeline.scan.scanner import scan_inbound
+from melodee_pipeline_tests.conftest import age
+
+_opened: list[str] | None = None  # set while a test records opens
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one records only inside opened_during()
+
+
+def opened_during(inbound, fn) -> tuple[object, list[str]]:
+    """Run fn with workers=1 scans in this process; return its result and the inbound files it opened."""
+    global _opened
+    _opened = []
+    try:
+        result = fn()
+        return result, sorted(os.path.basename(p) for p in _opened if p.startswith(str(inbound)))
+    finally:
+        _opened = None
+
+
+def refused(scan_db: str) -> dict[str, tuple]:
+    conn = sqlite3.connect(scan_db)
+    return {os.path.basename(p): (reason, since) for p, reason, since in
+            conn.execute("SELECT file_path, validation_error, refused_since FROM scanned_files WHERE is_valid = 0")}
+
+
+def created_at(scan_db: str) -> int:
+    return sqlite3.connect(scan_db).execute("SELECT created_at FROM scanned_files LIMIT 1").fetchone()[0]
+
+
+def leftovers(tmp_path):
+    inbound = tmp_path / "in"
+    make_track(str(inbound / "good.mp3"), Tags("A", "B", "T"))
+    make_track(str(inbound / "no_title.flac"), Tags("A", "B"), seed=1)
+    (inbound / "junk.ogg").write_text("not audio" * 50)
+    age(inbound)
+    return inbound
+
+
+def test_unchanged_leftover_is_not_read_again_but_still_counted_and_listed(tmp_path):
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+    first, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3", "junk.ogg", "no_title.flac"]
+    assert (first.files, first.valid, first.invalid, first.unchanged) == (3, 1, 2, 0)
+    time.sleep(1.1)  # a later second, so "since" tells the scans apart
+    second, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3"]
+    assert (second.files, second.valid, second.invalid, second.unchanged) == (3, 1, 2, 2)
+    assert refused(second.scan_db) == refused(first.scan_db)
+    reason, since = refused(second.scan_db)["no_title.flac"]
+    assert (reason, since) == ("missing title", created_at(first.scan_db))
+    row = sqlite3.connect(second.scan_db).execute(
+        "SELECT file_hash, file_size, modified_time FROM scanned_files WHERE file_path LIKE '%no_title.flac'").fetchone()
+    st = os.stat(inbound / "no_title.flac")
+    assert len(row[0]) == 64 and row[1:] == (st.st_size, int(st.st_mtime))
+
+
+def test_a_changed_leftover_is_read_again_at_once(tmp_path):
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+    scan()
+    tag(str(inbound / "no_title.flac"), Tags(title="Now Titled"))  # new bytes: the admin fixed the tags
+    past = time.time() - 3600
+    os.utime(inbound / "no_title.flac", (past, past))
+    os.utime(inbound / "junk.ogg", (past - 60, past - 60))  # same bytes, another mtime
+    second, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3", "junk.ogg", "no_title.flac"]
+    assert (second.valid, second.invalid, second.unchanged) == (2, 1, 0)
+    assert refused(second.scan_db) == {"junk.ogg": (refused(second.scan_db)["junk.ogg"][0], created_at(second.scan_db))}
+    _, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3", "no_title.flac"]  # junk.ogg unchanged again
+    os.chmod(inbound / "junk.ogg", 0o600)  # only its ctime changes (as when a chmod makes a file readable)
+    _, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3", "junk.ogg", "no_title.flac"]
+
+
+def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path):
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, keep_scan_dbs=1)
+    scan()
+    second, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3"] and len(list(scans.glob("scan_*.db"))) == 1
+    assert (scans / "refusals.db").exists()
+    (inbound / "junk.ogg").unlink()
+    third = scan()
+    assert third.unchanged == 1
+    remembered = sqlite3.connect(scans / "refusals.db").execute("SELECT path_bytes, reason FROM refusals").fetchall()
+    assert remembered == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_one_log_event_per_reason_not_per_file(tmp_path):
+    inbound = tmp_path / "in"
+    for i in range(6):
+        make_track(str(inbound / "untitled" / f"{i}.mp3"), Tags("A", "B"), seed=i)
+    for i in range(4):
+        (inbound / "junk" / f"{i}.flac").parent.mkdir(parents=True, exist_ok=True)
+        (inbound / "junk" / f"{i}.flac").write_text(f"not audio {i}" * 30)
+    make_track(str(inbound / "good.mp3"), Tags("A", "B", "T"))
+    age(inbound)
+    for busy in ("busy1", "busy2"):
+        make_track(str(inbound / busy / "x.mp3"), Tags("A", "B", "T"))
+    logger = logging.getLogger("test_refusals.events")
+    logger.setLevel(logging.INFO)
+    handler = Records()
+    logger.addHandler(handler)
+    try:
+        result = scan_inbound(str(inbound), str(tmp_path / "scans"), workers=2, min_file_age_seconds=60, logger=logger)
+        again = scan_inbound(str(inbound), str(tmp_path / "scans"), workers=2, min_file_age_seconds=60, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    assert (result.invalid, result.skipped, again.unchanged) == (10, 2, 10)
+    msgs = handler.messages
+    assert len(msgs) == 6, msgs  # per scan: refused, skipped, summary
+    assert msgs[0] == "refused 10 files: missing title (6), corrupt or not audio (4)"
+    assert msgs[1] == "skipped 2 files: modified less than 60s ago (still being copied?) (2 paths, 2 files)"
+    assert msgs[3] == "refused 10 files: missing title (6), corrupt or not audio (4); 10 of them unchanged since an earlier scan, not read again"
+    assert not any(".mp3" in m or ".flac" in m for m in msgs)
+
+
+def test_refusals_command_lists_every_refused_file_and_skipped_path(tmp_path, capsys):
+    from melodee_pipeline.cli import main
+
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    make_track(str(inbound / "busy" / "x.mp3"), Tags("A", "B", "T"))
+    first = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=60)
+    assert main(["refusals", "--scan", first.scan_db]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{inbound / 'junk.ogg'}\tcorrupt or not audio: ") and lines[0].endswith("\trefused in this scan")
+    assert lines[1:] == [f"{inbound / 'no_title.flac'}\tmissing title\trefused in this scan",
+                         f"{inbound / 'busy'}\tskipped: modified less than 60s ago (still being copied?) (1 files)\t"]
+    assert err == f"2 refused files, 1 skipped paths in {first.scan_db}\n"
+    time.sleep(1.1)
+    second = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=60)
+    assert main(["refusals", "--dir", str(scans)]) == 0
+    out, err = capsys.readouterr()
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created_at(first.scan_db)))
+    assert out.splitlines()[1] == f"{inbound / 'no_title.flac'}\tmissing title\tstill refused, unchanged since {since} UTC"
+    assert err.endswith(f"in {second.scan_db}\n")
+    assert main(["refusals", "--dir", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err == f"error: no scan database in {tmp_path / 'nothing'}\n"
