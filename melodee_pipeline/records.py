@@ -22,9 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from melodee_pipeline import faults
-from melodee_pipeline.db.engine import unavailable
+from melodee_pipeline.db.engine import database_error, is_unreachable
 from melodee_pipeline.db.schema import staging_items
-from melodee_pipeline.errors import UserError
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.paths import truncate_utf8
@@ -84,19 +83,6 @@ def sidecar_row(album_dir: str, data: bytes) -> dict:
 def read_row(album_dir: str) -> dict:
     with open(os.path.join(album_dir, sc.SIDECAR_NAME), "rb") as f:
         return sidecar_row(album_dir, f.read())
-
-
-def is_disconnect(exc: sa.exc.DBAPIError) -> bool:
-    """The server could not be reached or went away, as opposed to refusing a statement."""
-    code = getattr(exc.orig, "pgcode", None)
-    return exc.connection_invalidated or code is None or code.startswith("08") or code.startswith("57P")
-
-
-def database_error(engine: sa.Engine, exc: sa.exc.DBAPIError) -> UserError:
-    if is_disconnect(exc):
-        return unavailable(engine, exc)
-    first = str(exc.orig or exc).strip().splitlines()
-    return UserError(f"database error: {first[0] if first else type(exc).__name__}")
 
 
 def record_staging_items(engine: sa.Engine, staging_root: str, *, dry_run: bool = False) -> RecordResult:
@@ -169,16 +155,16 @@ def upsert_rows(engine: sa.Engine, rows: list[dict], result: RecordResult) -> se
         _add(result, counts)
         return set()
     except sa.exc.DBAPIError as exc:
-        if is_disconnect(exc):
+        if is_unreachable(exc):
             raise
-    refused = set()
+    refused = set()  # the batch was refused: find the rows Postgres refuses, one transaction each
     for row in rows:
         try:
             with engine.begin() as conn:
                 counts = _upsert(conn, [row])
             _add(result, counts)
         except sa.exc.DBAPIError as exc:
-            if is_disconnect(exc):
+            if is_unreachable(exc):
                 raise
             reason = str(exc.orig or exc).strip().splitlines()[0]
             result.refused.append(f"{row['staging_path']}: {reason}")

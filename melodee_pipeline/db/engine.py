@@ -148,10 +148,6 @@ def database_error(engine: sa.Engine, exc: sa.exc.DBAPIError) -> DatabaseUnavail
     return DatabaseError(f"database error: {first}")
 
 
-# The name records.py uses; it classifies the same way.
-unavailable = database_error
-
-
 @contextmanager
 def reported(engine: sa.Engine) -> Iterator[None]:
     """Turn a driver error inside the block into the one-line `UserError` of `database_error`."""

@@ -38,10 +38,10 @@ def truncate_utf8(text: str, max_bytes: int) -> str:
 def sanitize_component(text: str, ext: str = "") -> str:
     """One safe path component from a tag value, at most 255 bytes of UTF-8 including `ext`."""
     name = "".join(ch for ch in str(text).translate(_REPLACE) if not _dropped(ch))
-    name = truncate_utf8(name.strip(" ."), MAX_COMPONENT_BYTES - len(ext.encode("utf-8")) - 1)
-    # Reserved device names get a "_" suffix (hence the byte kept free above); trailing dots and
-    # spaces go, so Windows and SMB clients can open every name.
-    name = sanitize_filename(name, platform="universal", max_len=MAX_COMPONENT_BYTES)
+    name = truncate_utf8(name.strip(" ."), MAX_COMPONENT_BYTES - len(ext.encode("utf-8")))
+    # Reserved device names (short: CON, COM1...) get a "_" suffix; trailing dots and spaces go,
+    # so Windows and SMB clients can open every name.
+    name = sanitize_filename(name, platform="universal", max_len=MAX_COMPONENT_BYTES - len(ext.encode("utf-8")))
     if name in ("", ".", ".."):
         name = "_"
     return name + ext

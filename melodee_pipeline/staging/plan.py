@@ -23,7 +23,7 @@ _VARIOUS = {"various artists", "various", "va", "v.a."}
 
 FILE_COLUMNS = (
     "id, path_bytes, file_path, file_hash, file_size, artist, album_artist, album, title, track_number, "
-    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id"
+    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id, warnings"
 )
 
 
@@ -59,7 +59,7 @@ def build_album(group_id: str, files: list[sqlite3.Row]) -> Album:
 def iter_albums(conn: sqlite3.Connection) -> Iterator[Album]:
     """Albums in album_group_id order, one at a time (the scan DB may hold 100k files)."""
     rows = conn.execute(
-        f"SELECT {FILE_COLUMNS} FROM scanned_files WHERE is_valid = 1 AND album_group_id IS NOT NULL "
+        f"SELECT {FILE_COLUMNS} FROM scanned_files WHERE is_valid = 1 AND album_group_id != '' "
         "ORDER BY album_group_id, disc_number, track_number, file_path"
     )
     for group_id, files in itertools.groupby(rows, key=lambda r: r["album_group_id"]):

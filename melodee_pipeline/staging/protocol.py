@@ -139,6 +139,8 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
                                       track_entry(album.rel_dir, f, name), file_id=f["id"]))
         if action == RENAME:
             out.warnings.append(f"{f['file_path']} staged as {name}: a different file already had its name")
+        if f["warnings"]:  # tags the scan had to drop (out-of-range numbers, control characters)
+            out.warnings.append(f"{name}: {f['warnings']}")
     return out
 
 
