@@ -53,8 +53,8 @@ def dagster_home() -> Path:
 
 
 def prepare_dagster_home() -> Path:
-    """DAGSTER_HOME (default `$MELODEE_HOME/dagster`) holding our dagster.yaml, exported for
-    this process and its children. A copy of an older dagster.yaml of ours is refreshed; a
+    """DAGSTER_HOME (default `$MELODEE_HOME/dagster`) holding our dagster.yaml; the caller
+    exports it. A copy of an older dagster.yaml of ours is refreshed; a
     dagster.yaml the user wrote is left alone. Resolves the storage URL once, so an unreachable
     or uncreatable database is one clear error here rather than a traceback inside Dagster."""
     home = dagster_home()
@@ -65,7 +65,6 @@ def prepare_dagster_home() -> Path:
         tmp = home / ".dagster.yaml.tmp"
         tmp.write_text(shipped)
         os.replace(tmp, target)
-    os.environ["DAGSTER_HOME"] = str(home)
     if target.read_text() == shipped:
         dagster_database_url()
     return home
