@@ -1,21 +1,33 @@
-"""`melodee-pipeline`: the command line (SPEC §10). Every command calls the same library functions
-as the Dagster ops; user errors print one `error: ...` line and exit 2."""
+"""`melodee-pipeline`: the command line. Every command calls the same library functions as the
+Dagster ops. A user error prints one `error: ...` line on stderr (database URLs masked, no
+traceback) and exits 2; a failed run exits 1."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
+import re
 import sys
-from typing import Sequence
+import textwrap
+import unicodedata
+from typing import Iterator, Sequence
 
 from melodee_pipeline.errors import RunFailed, UserError
 
+# The database the current command talks to (masked when shown), for error messages.
+_current_url: str | None = None
+
 
 def _engine():
+    global _current_url
     from melodee_pipeline.db.engine import get_engine
 
-    return get_engine()
+    engine = get_engine()
+    _current_url = engine.url.render_as_string(hide_password=True)
+    return engine
 
 
 def cmd_db_init(args) -> int:
@@ -31,6 +43,44 @@ def cmd_db_init(args) -> int:
         print(f"  missing staging_scan settings added with their defaults: {', '.join(done['settings'])}")
     else:
         print("  settings written: none (a missing setting means its default; see `settings list`)")
+    return 0
+
+
+def cmd_db_stop(args) -> int:
+    from melodee_pipeline.db.engine import melodee_home, stop_embedded
+
+    pgdata = melodee_home() / "pgdata"
+    pid = stop_embedded()
+    if pid is None:
+        print(f"no embedded PostgreSQL is running in {pgdata}")
+    else:
+        print(f"stopped the embedded PostgreSQL in {pgdata} (pid {pid})")
+    return 0
+
+
+STATUSES = ("pending_review", "approved", "rejected")
+
+
+def _cell(text: object, width: int) -> str:
+    """One terminal cell: control and bidi-override characters made visible, cut to `width`."""
+    shown = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in str(text))
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def cmd_staging_list(args) -> int:
+    import sqlalchemy as sa
+
+    query = ("SELECT artist_name, album_name, track_count, status, staging_path FROM staging_items"
+             + (" WHERE status = :status" if args.status else "")
+             + " ORDER BY processed_at DESC, id DESC")
+    with _engine().connect() as conn:
+        rows = conn.execute(sa.text(query), {"status": args.status} if args.status else {}).all()
+    if not rows:
+        print("no staging items" + (f" with status {args.status}" if args.status else ""))
+        return 0
+    print(f"{'ARTIST':<24}  {'ALBUM':<32}  {'TRACKS':>6}  {'STATUS':<14}  STAGING PATH")
+    for artist, album, tracks, status, path in rows:
+        print(f"{_cell(artist, 24):<24}  {_cell(album, 32):<32}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096)}")
     return 0
 
 
@@ -78,16 +128,31 @@ def cmd_libraries(args) -> int:
     return 0
 
 
-def _workers(value: str) -> int:
-    from melodee_pipeline.settings import parse_value
+def _setting_type(key: str):
+    def parse(value: str):
+        from melodee_pipeline.settings import parse_value
 
-    return parse_value("staging_scan.workers", value)
+        try:
+            return parse_value(key, value)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = key.rsplit(".", 1)[-1]
+    return parse
 
 
-def _rate(value: str) -> int:
-    from melodee_pipeline.settings import parse_value
+_workers = _setting_type("staging_scan.workers")
+_rate = _setting_type("staging_scan.rate_limit")
 
-    return parse_value("staging_scan.rate_limit", value)
+
+def _non_negative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be >= 0")
+    return n
 
 
 def cmd_scan_inbound(args) -> int:
@@ -158,6 +223,53 @@ def cmd_process_scan(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration (Dagster reads its instance from them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class _NoTracebackFormatter(logging.Formatter):
+    """Dagster's console line for an event that carries an error, without the error: Dagster
+    appends it (class, message, stack trace) after a blank line. The run's event log keeps it."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "dagster_event", None)
+        data = getattr(event, "event_specific_data", None)
+        if getattr(data, "error", None) is not None and isinstance(record.msg, str) and "\n\n" in record.msg:
+            record = logging.makeLogRecord({**record.__dict__, "msg": record.msg.split("\n\n", 1)[0], "args": None})
+        return self.inner.format(record)
+
+
+def _console_logger():
+    """Dagster's colored console logger, minus step-failure tracebacks (the CLI prints the reason)."""
+    import dagster as dg
+    from dagster._utils.log import create_console_logger
+
+    @dg.logger({"log_level": dg.Field(str, is_required=False, default_value="INFO")},
+               description="Dagster's console logger without error tracebacks")
+    def console(init_context):
+        log = create_console_logger("dagster", init_context.logger_config["log_level"])
+        for handler in log.handlers:
+            handler.setFormatter(_NoTracebackFormatter(handler.formatter or logging.Formatter()))
+        return log
+
+    return console
+
+
 def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit: int | None = None,
             scan_db_data_path: str | None = None) -> tuple[bool, dict | None, str | None]:
     """One cycle through staging_scan_job in this process, recorded on the Postgres-backed instance."""
@@ -167,12 +279,13 @@ def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit:
     from melodee_pipeline.orchestration.job import staging_scan_job
     from melodee_pipeline.definitions import defs
 
-    prepare_dagster_home()
     _engine()  # fail fast, with a clear message, if the database is unreachable
+    home = prepare_dagster_home()
     overrides = {k: v for k, v in dict(dry_run=dry_run, workers=workers, rate_limit=rate_limit,
                                         scan_db_data_path=scan_db_data_path).items() if v is not None}
-    with dg.DagsterInstance.get() as instance:
-        result = defs.get_job_def(staging_scan_job.name).execute_in_process(
+    job = defs.get_job_def(staging_scan_job.name).with_logger_defs({"console": _console_logger()})
+    with _environ(DAGSTER_HOME=str(home)), dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
             run_config={"ops": {"scan_inbound": {"config": overrides}}, "loggers": {"console": {"config": {"log_level": "INFO"}}}},
             instance=instance, raise_on_error=False,
         )
@@ -224,114 +337,253 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from melodee_pipeline.bootstrap import init_db
-    from melodee_pipeline.db.engine import melodee_home
-    from melodee_pipeline.demo import prepare
+    global _current_url
+    from melodee_pipeline.db.engine import DAGSTER_DATABASE, embedded_url, mask, melodee_home
+    from melodee_pipeline.demo import DEMO_DATABASE, prepare
 
     home = melodee_home()
-    engine = _engine()
-    init_db(engine)
-    inbound, staging = prepare(engine, str(home))
-    ok, summary, info = run_job(scan_db_data_path=str(home / "scan-db"))
+    demo = prepare(home)
+    _current_url = mask(demo.database_url)
+    print(f"demo: sample albums in {demo.inbound}; database {DEMO_DATABASE} in the embedded PostgreSQL under {home}")
+    # The demo's own database and the embedded Dagster storage, whatever is configured.
+    with _environ(MELODEE_DATABASE_URL=demo.database_url, DAGSTER_PG_URL=embedded_url(DAGSTER_DATABASE),
+                  DAGSTER_HOME=str(home / "dagster")):
+        ok, summary, info = run_job(scan_db_data_path=demo.scan_db_dir)
     if not ok:
         print(f"error: run failed: {info}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))
-    print(f"\ninbound:  {inbound}\nstaging:  {staging}\nscan DB:  {summary['scan_db'] if summary else '-'}")
-    print("next: `melodee-pipeline dev` opens the Dagster UI on http://127.0.0.1:3000")
+    print(f"\ninbound:  {demo.inbound}\nstaging:  {demo.staging}\nscan DB:  {summary['scan_db'] if summary else '-'}")
+    print(f"\nThe demo used only its own directories and database ({DEMO_DATABASE}); your settings and libraries "
+          "are untouched, and the next `demo` starts over.\n"
+          "next: `melodee-pipeline db init` and `libraries add ...` set up the real thing (README, Everyday use);\n"
+          "      `melodee-pipeline dev` opens the Dagster UI on http://127.0.0.1:3000 (on the embedded default, with this run);\n"
+          "      `melodee-pipeline db stop` stops the embedded PostgreSQL.")
     return 0
 
 
 def cmd_dev(args) -> int:
     from melodee_pipeline.bootstrap import init_db
-    from melodee_pipeline.db.engine import get_engine
-    from melodee_pipeline.instance import prepare_dagster_home
+    from melodee_pipeline.instance import prepare_dagster_home, write_workspace
 
-    init_db(get_engine())
+    init_db(_engine())
     home = prepare_dagster_home()
-    print(f"DAGSTER_HOME={home}; starting the Dagster UI and daemon (Ctrl-C stops both)", file=sys.stderr)
-    argv = ["dagster", "dev", "-m", "melodee_pipeline.definitions", "--host", args.host, "--port", str(args.port)]
-    os.execvp(argv[0], argv)
-    return 0
+    os.environ["DAGSTER_HOME"] = str(home)
+    workspace = write_workspace(home)
+    print(f"DAGSTER_HOME={home}; starting the Dagster UI and daemon on http://{args.host}:{args.port} "
+          "(Ctrl-C stops both)", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The Dagster of this interpreter, so an unactivated venv works; the workspace names the
+    # code location `melodee_pipeline`. dagster dev runs in DAGSTER_HOME: it would warn about,
+    # and not use, a dagster.yaml in another current directory.
+    argv = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), "--host", args.host, "--port", str(args.port)]
+    os.chdir(home)
+    # Started in the background, SIGINT may be inherited as ignored; dagster dev maps SIGTERM onto
+    # the SIGINT handler, so restore the default or neither would stop it.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one `error:` line (exit 2), pointing at --help."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)  # epilog tables as written
+        if kw.get("description"):
+            kw["description"] = "\n".join(textwrap.fill(par, 88) for par in kw["description"].split("\n"))
+        super().__init__(*a, **kw)
+
+    def error(self, message: str):
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _settings_epilog() -> str:
+    from melodee_pipeline.settings import SPECS
+
+    width = max(map(len, SPECS))
+    lines = ["setting keys, their defaults and rules:"]
+    for key, spec in SPECS.items():
+        lines.append(f"  {key:<{width}}  {spec.default!r:<22}  {getattr(spec, 'comment', '')}")
+    return "\n".join(lines)
+
+
+DB_ENV = ("database: MELODEE_DATABASE_URL (a PostgreSQL URL), else the embedded PostgreSQL under "
+          "MELODEE_HOME (default ~/.local/share/melodee-pipeline)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="melodee-pipeline", description="Move new music from Melodee's inbound library into staging.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="melodee-pipeline", description="Move new music from Melodee's inbound library into staging.\n" + DB_ENV)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db = sub.add_parser("db", help="application database").add_subparsers(dest="action", required=True)
-    db.add_parser("init", help="create missing tables (idempotent; writes no setting into an empty settings table)").set_defaults(fn=cmd_db_init)
+    db = sub.add_parser("db", help="the application database: init, stop",
+                        description="The application database.").add_subparsers(dest="action", required=True, metavar="ACTION")
+    db.add_parser("init", help="create missing tables (idempotent)",
+                  description="Create the missing settings, libraries and staging_items tables (existing ones are "
+                              "never altered); writes no setting into an empty settings table (Melodee seeds it).\n" + DB_ENV).set_defaults(fn=cmd_db_init)
+    db.add_parser("stop", help="stop the embedded PostgreSQL under MELODEE_HOME",
+                  description="Stop the embedded PostgreSQL under MELODEE_HOME (the next command starts it again); "
+                              "says so when none is running. A server in MELODEE_DATABASE_URL is never touched."
+                  ).set_defaults(fn=cmd_db_stop)
 
-    st = sub.add_parser("settings", help="staging_scan.* settings").add_subparsers(dest="action", required=True)
-    st.add_parser("list").set_defaults(fn=cmd_settings)
-    g = st.add_parser("get")
-    g.add_argument("key")
+    epilog = _settings_epilog()
+    st = sub.add_parser("settings", help="the staging_scan.* settings: list, get, set", description="The staging_scan.* settings.",
+                        epilog=epilog).add_subparsers(dest="action", required=True, metavar="ACTION")
+    st.add_parser("list", help="every key with its value, or its default",
+                  description="Every staging_scan.* key with its stored value, or its default marked (default).",
+                  epilog=epilog).set_defaults(fn=cmd_settings)
+    g = st.add_parser("get", help="one value (the default when unset)",
+                      description="Print one setting's value (its default when no row holds it).", epilog=epilog)
+    g.add_argument("key", metavar="KEY", help="a setting key, listed below")
     g.set_defaults(fn=cmd_settings)
-    s = st.add_parser("set")
-    s.add_argument("key")
-    s.add_argument("value")
+    s = st.add_parser("set", help="store a value after checking it",
+                      description="Store one setting; an invalid value is refused, naming key and value.", epilog=epilog)
+    s.add_argument("key", metavar="KEY", help="a setting key, listed below")
+    s.add_argument("value", metavar="VALUE", help="the new value, checked against the key's rule")
     s.set_defaults(fn=cmd_settings)
 
-    lb = sub.add_parser("libraries", help="inbound/staging/production libraries").add_subparsers(dest="action", required=True)
-    lb.add_parser("list").set_defaults(fn=cmd_libraries)
-    a = lb.add_parser("add")
-    a.add_argument("--name", required=True)
-    a.add_argument("--type", required=True, choices=["inbound", "staging", "production"])
-    a.add_argument("--path", required=True)
+    lb = sub.add_parser("libraries", help="inbound/staging/production libraries: list, add, remove",
+                        description="Libraries: a run needs exactly one inbound and one staging library."
+                        ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    lb.add_parser("list", help="every library", description="List every library (id, type, name, path).").set_defaults(fn=cmd_libraries)
+    a = lb.add_parser("add", help="add a library", description="Add a library.")
+    a.add_argument("--name", required=True, help="display name (required)")
+    a.add_argument("--type", required=True, choices=["inbound", "staging", "production"], help="library type (required)")
+    a.add_argument("--path", required=True, help="absolute directory path (required)")
     a.set_defaults(fn=cmd_libraries)
-    r = lb.add_parser("remove")
-    r.add_argument("id", type=int)
+    r = lb.add_parser("remove", help="remove a library by id", description="Remove a library by id.")
+    r.add_argument("id", type=int, metavar="ID", help="the library id, from `libraries list`")
     r.set_defaults(fn=cmd_libraries)
 
-    si = sub.add_parser("scan-inbound", help="scan a directory into a new scan DB; prints its path")
-    si.add_argument("--path", required=True)
-    si.add_argument("--output", required=True)
-    si.add_argument("--workers", type=_workers, default=4)
-    si.add_argument("--min-file-age", type=int, default=60, help="skip folders with files younger than this (seconds)")
+    sg = sub.add_parser("staging", help="the review queue: list", description="The staging_items review queue."
+                        ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    sl = sg.add_parser("list", help="review queue rows, newest first",
+                       description="Print the staging_items rows (artist, album, tracks, status, staging path), newest first.")
+    sl.add_argument("--status", choices=STATUSES, default=None,
+                    help="only rows with this status (default: every status)")
+    sl.set_defaults(fn=cmd_staging_list)
+
+    si = sub.add_parser("scan-inbound", help="scan a directory into a new scan DB; prints its path",
+                        description="Scan a directory into a new SQLite scan DB and print its path. Needs no database.")
+    si.add_argument("--path", required=True, help="the inbound directory to scan (required)")
+    si.add_argument("--output", required=True, help="directory for the new scan DB (required)")
+    si.add_argument("--workers", type=_workers, default=4, help="parallel workers, 1..64 (default: 4)")
+    si.add_argument("--min-file-age", type=_non_negative, default=60, metavar="SECONDS",
+                    help="skip folders holding a file younger than this, in seconds (default: 60)")
     si.set_defaults(fn=cmd_scan_inbound)
 
-    rf = sub.add_parser("refusals", help="list every refused file and skipped path of a scan DB, with its reason")
+    rf = sub.add_parser("refusals", help="list every refused file and skipped path of a scan DB, with its reason",
+                        description="Every file a scan refused and every path it skipped, with the reason.")
     which = rf.add_mutually_exclusive_group(required=True)
     which.add_argument("--scan", help="a scan DB file")
     which.add_argument("--dir", help="a scan DB directory: its newest scan DB")
     rf.set_defaults(fn=cmd_refusals)
 
-    ps = sub.add_parser("process-scan", help="group and stage the files of a scan DB")
-    ps.add_argument("--scan", required=True)
-    ps.add_argument("--staging", required=True)
-    ps.add_argument("--workers", type=_workers, default=4)
-    ps.add_argument("--rate-limit", type=_rate, default=0)
-    ps.add_argument("--dry-run", action="store_true")
+    ps = sub.add_parser("process-scan", help="group and stage the files of a scan DB",
+                        description="Group a scan DB's files into albums and move them into staging; records "
+                                    "staging_items rows when a database is configured.")
+    ps.add_argument("--scan", required=True, help="the scan DB file, from scan-inbound (required)")
+    ps.add_argument("--staging", required=True, help="the staging directory (required)")
+    ps.add_argument("--workers", type=_workers, default=4, help="parallel workers, 1..64 (default: 4)")
+    ps.add_argument("--rate-limit", type=_rate, default=0, metavar="N",
+                    help="max file moves per second, 0 = unlimited (default: 0)")
+    ps.add_argument("--dry-run", action="store_true", help="plan only: move nothing, write no rows (default: off)")
     ps.set_defaults(fn=cmd_process_scan)
 
-    rn = sub.add_parser("run", help="one cycle through staging_scan_job")
-    rn.add_argument("--dry-run", action="store_true")
-    rn.add_argument("--workers", type=_workers)
-    rn.add_argument("--rate-limit", type=_rate)
+    rn = sub.add_parser("run", help="one cycle through staging_scan_job",
+                        description="Run staging_scan_job once in this process, recorded on the Dagster instance; "
+                                    "prints the summary, exits 1 if the run fails. Options override the stored "
+                                    "settings for this run only.")
+    rn.add_argument("--dry-run", action="store_true",
+                    help="plan only: move nothing, write no rows (default: the staging_scan.dry_run setting)")
+    rn.add_argument("--workers", type=_workers, metavar="N",
+                    help="parallel workers, 1..64 (default: the staging_scan.workers setting)")
+    rn.add_argument("--rate-limit", type=_rate, metavar="N",
+                    help="max file moves per second, 0 = unlimited (default: the staging_scan.rate_limit setting)")
     rn.set_defaults(fn=cmd_run)
 
-    sub.add_parser("demo", help="quickstart: sample albums through one run on the embedded default").set_defaults(fn=cmd_demo)
-    dv = sub.add_parser("dev", help="Dagster UI + daemon on the embedded default")
-    dv.add_argument("--host", default="127.0.0.1")
-    dv.add_argument("--port", type=int, default=3000)
+    sub.add_parser("demo", help="quickstart: sample albums through one run, in a sandbox",
+                   description="Write sample albums into $MELODEE_HOME/demo and run staging_scan_job once on them, "
+                               "with the demo's own database (melodee_demo in the embedded PostgreSQL). Configured "
+                               "libraries, settings and MELODEE_DATABASE_URL are never touched; every demo starts over."
+                   ).set_defaults(fn=cmd_demo)
+    dv = sub.add_parser("dev", help="Dagster UI + daemon",
+                        description="Start `dagster dev` (UI and daemon, so the sensor runs) with DAGSTER_HOME "
+                                    "(default $MELODEE_HOME/dagster) and the code location melodee_pipeline.\n" + DB_ENV)
+    dv.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: 127.0.0.1)")
+    dv.add_argument("--port", type=int, default=3000, help="port the UI listens on (default: 3000)")
     dv.set_defaults(fn=cmd_dev)
     return p
 
 
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^\s:/@]*:)[^\s@]*@")
+
+
+def redact(message: str) -> str:
+    """Mask database passwords in a message, whatever produced it: the configured URLs (even
+    unparseable ones) and anything shaped like scheme://user:password@."""
+    from melodee_pipeline.db.engine import mask
+
+    for var in ("MELODEE_DATABASE_URL", "DAGSTER_PG_URL"):
+        raw = os.environ.get(var)
+        if raw and raw in message:
+            message = message.replace(raw, mask(raw))
+        password = _password(raw) if raw else None
+        if password and len(password) >= 3:
+            message = message.replace(password, "***")
+    return _CREDENTIALS.sub(lambda m: m.group("head") + "***@", message)
+
+
+def _password(url: str) -> str | None:
+    m = re.search(r"^(?:[^:/]*://)?[^\s:/@]*:([^\s@]*)@", url)
+    return m.group(1) if m else None
+
+
+def _database_error(exc) -> str:
+    """One line for a database error: a missing table points at `db init`."""
+    orig = getattr(exc, "orig", None)
+    first = (str(orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+    where = f" in database {_current_url}" if _current_url else ""
+    if getattr(orig, "pgcode", None) == "42P01":  # undefined_table
+        table = re.search(r'relation "([^"]+)"', first)
+        name = f"table {table.group(1)}" if table else "a table"
+        return f"{name} does not exist{where}: run `melodee-pipeline db init` first"
+    return f"database error{where}: {first}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return args.fn(args)
     except RunFailed as exc:
         print(f"error: run failed: {exc}", file=sys.stderr)
         return 1
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("MELODEE_DEBUG"):
+            raise
+        import sqlalchemy as sa
+
+        if isinstance(exc, sa.exc.DBAPIError):
+            print(f"error: {redact(_database_error(exc))}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):
+            print(f"error: {redact(str(exc))}", file=sys.stderr)
+            return 2
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(exc).__name__}: {redact(first)} (MELODEE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,14 +1,35 @@
-"""`melodee-pipeline demo`: a first run on the embedded default, with sample albums of real audio."""
+"""`melodee-pipeline demo`: a first run with sample albums of real audio, in a sandbox.
+
+Everything the demo writes is its own: directories under `$MELODEE_HOME/demo` and the database
+`melodee_demo` in the embedded server, whatever `MELODEE_DATABASE_URL` says. So it cannot touch a
+configured inbound, staging or Melodee database, and `libraries add` works right after it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 
-from melodee_pipeline.libraries import add_library, list_libraries
+from melodee_pipeline.errors import UserError
+from melodee_pipeline.libraries import add_library
 from melodee_pipeline.samples import Tags, make_track
+
+DEMO_DIR = "demo"
+DEMO_DATABASE = "melodee_demo"
+MARKER = ".melodee-pipeline-demo"
+
+
+@dataclass(frozen=True)
+class Demo:
+    database_url: str
+    inbound: str
+    staging: str
+    scan_db_dir: str
+
 
 SAMPLE_ALBUMS = [
     ("Led Zeppelin", "Led Zeppelin IV (Remastered)", 1971, "Rock", ".flac", ["Black Dog", "Rock and Roll", "The Battle of Evermore"]),
@@ -38,18 +59,35 @@ def write_samples(inbound: str) -> int:
     return count
 
 
-def prepare(engine: sa.Engine, home: str) -> tuple[str, str]:
-    """Inbound and staging libraries under `home` unless configured; sample files if inbound is empty."""
+def prepare(home: Path) -> Demo:
+    """A fresh demo under `home`/demo with its own database `melodee_demo` in the embedded server:
+    inbound and staging libraries, a scan DB directory and the sample albums. Configured
+    libraries, settings and the configured database are never read or written; a second demo
+    starts over from scratch."""
+    from melodee_pipeline.db.engine import embedded_url, get_engine
+    from melodee_pipeline.db.schema import init_db
+
+    root = home / DEMO_DIR
+    if root.exists():
+        if not (root / MARKER).exists():
+            raise UserError(f"{root} exists but was not written by `melodee-pipeline demo`; move it away to run the demo")
+        shutil.rmtree(root)
+    admin = sa.create_engine(embedded_url("postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+    url = embedded_url(DEMO_DATABASE)
+    demo = Demo(url, str(root / "inbound"), str(root / "staging"), str(root / "scan-db"))
+    for path in (demo.inbound, demo.staging, demo.scan_db_dir):
+        os.makedirs(path)
+    (root / MARKER).write_text("written by `melodee-pipeline demo`; removed by the next demo\n")
+    engine = get_engine(url)
+    init_db(engine)
     with engine.begin() as conn:
-        libs = {lib.type: lib.path for lib in list_libraries(conn)}
-        for kind in ("inbound", "staging"):
-            if kind not in libs:
-                path = os.path.join(home, "library", kind)
-                os.makedirs(path, exist_ok=True)
-                add_library(conn, f"Demo {kind}", kind, path)
-                libs[kind] = path
-    inbound = libs["inbound"]
-    if not any(files for _r, _d, files in os.walk(inbound)):
-        print(f"writing sample albums into {inbound}")
-        write_samples(inbound)
-    return inbound, libs["staging"]
+        add_library(conn, "Demo inbound", "inbound", demo.inbound)
+        add_library(conn, "Demo staging", "staging", demo.staging)
+    engine.dispose()
+    write_samples(demo.inbound)
+    return demo

@@ -79,9 +79,15 @@ def database_url() -> str:
 
 
 def dagster_database_url() -> str:
-    """Dagster's own storage: `DAGSTER_PG_URL`, else a separate database in the embedded server."""
+    """Dagster's own storage: `DAGSTER_PG_URL`; else a `dagster` database on the server of
+    `MELODEE_DATABASE_URL` (created when missing); else one in the embedded server."""
     url = os.environ.get("DAGSTER_PG_URL")
-    return psycopg2_url(url) if url else embedded_url(DAGSTER_DATABASE)
+    if url:
+        return psycopg2_url(url)
+    melodee = os.environ.get("MELODEE_DATABASE_URL")
+    if melodee:
+        return ensure_database(psycopg2_url(melodee), DAGSTER_DATABASE)
+    return embedded_url(DAGSTER_DATABASE)
 
 
 @lru_cache(maxsize=None)
@@ -155,3 +161,97 @@ def reported(engine: sa.Engine) -> Iterator[None]:
         yield
     except sa.exc.DBAPIError as exc:
         raise database_error(engine, exc) from None
+
+
+def ensure_database(url: str, database: str) -> str:
+    """The URL of `database` on the server of `url`, creating the database when it is missing."""
+    target = make_url(url).set(database=database)
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}).first()
+            if not exists:
+                try:
+                    conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+                except sa.exc.DBAPIError as exc:
+                    again = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database}).first()
+                    if not again:  # not a concurrent creation: no privilege
+                        reason = str(exc.orig or exc).strip().splitlines()
+                        raise UserError(
+                            f'database "{database}" for Dagster\'s storage does not exist on '
+                            f"{target.render_as_string(hide_password=True)} and cannot be created "
+                            f"({reason[0] if reason else type(exc).__name__}): create it "
+                            f'(CREATE DATABASE "{database}" OWNER "{target.username}") or set DAGSTER_PG_URL'
+                        ) from None
+    except sa.exc.DBAPIError as exc:
+        raise database_error(engine, exc) from None
+    finally:
+        engine.dispose()
+    return target.render_as_string(hide_password=False)
+
+
+def embedded_pid(home: Path | None = None) -> int | None:
+    """The pid of the embedded server running on `home`/pgdata (default MELODEE_HOME), or None."""
+    pgdata = (home or melodee_home()) / "pgdata"
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if _is_postmaster(pid, pgdata) else None
+
+
+def _is_postmaster(pid: int, pgdata: Path) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and str(pgdata) in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def stop_embedded(home: Path | None = None, timeout: float = 60) -> int | None:
+    """Stop the embedded server under `home` (default MELODEE_HOME); the pid stopped, or None when
+    none was running. A fast shutdown (SIGINT to the postmaster, what `pg_ctl -m fast stop` sends):
+    sessions are ended, data is safe. Signalled directly because pg_ctl refuses to run as root,
+    and as the `pgserver` user it may not reach the data directory (e.g. under a 0700 parent)."""
+    import signal
+    import time
+
+    pgdata = ((home or melodee_home()) / "pgdata").resolve()
+    pid = embedded_pid(home)
+    if pid is None:
+        return None
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGQUIT, 10)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot stop the embedded PostgreSQL in {pgdata} (pid {pid}): {exc}") from None
+        deadline = time.monotonic() + wait
+        while _is_postmaster(pid, pgdata) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _is_postmaster(pid, pgdata):
+            break
+    else:
+        raise DatabaseUnavailable(f"the embedded PostgreSQL in {pgdata} (pid {pid}) did not stop")
+    _forget_embedded(pgdata)
+    return pid
+
+
+def _forget_embedded(pgdata: Path) -> None:
+    """Drop this process's handle on a server just stopped, so a later command in the same
+    process starts it again instead of reusing a dead handle."""
+    import atexit
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs on an unset XDG_RUNTIME_DIR, as above
+        from pgserver.postgres_server import PostgresServer
+
+    _embedded_server.cache_clear()
+    handle = PostgresServer._instances.pop(pgdata.resolve(), None)
+    if handle is not None:
+        atexit.unregister(handle._cleanup)
+        handle.global_process_id_list.get_and_remove(os.getpid())

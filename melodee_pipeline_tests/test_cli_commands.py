@@ -1,0 +1,365 @@
+"""The command line and the bare `dagster` CLI from the outside: console script and `dagster` in
+subprocesses with a clean environment, `cli.main` in-process. Tests that start the embedded
+PostgreSQL of a temp MELODEE_HOME stop it in teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from melodee_pipeline.cli import build_parser, main
+from melodee_pipeline.db.engine import embedded_pid, ensure_database, stop_embedded
+from melodee_pipeline.settings import SPECS
+from melodee_pipeline_tests.conftest import album, tree
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCRIPT = str(BIN / "melodee-pipeline")
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A temp MELODEE_HOME whose embedded server, if anything starts one, is stopped afterwards."""
+    path = tmp_path / "mhome"
+    path.mkdir()
+    yield path
+    stop_embedded(path)
+    assert embedded_pid(path) is None
+
+
+def clean_env(home: Path, **extra: str) -> dict:
+    """What a fresh shell has: no venv on PATH, no DAGSTER_* or MELODEE_DATABASE_URL."""
+    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
+            "MELODEE_HOME": str(home), **extra}
+
+
+def cli(args: list[str], env: dict, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([SCRIPT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+# 1. dagster.yaml works for a bare `dagster` command in a fresh clone -------------------------
+
+def test_bare_dagster_validate_in_repo_root_uses_the_embedded_server(home):
+    proc = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                          cwd=REPO, env=clean_env(home), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Validation successful for code location melodee_pipeline" in proc.stdout + proc.stderr
+    assert embedded_pid(home) is not None  # storage resolved to the server under MELODEE_HOME
+    assert not list(REPO.glob(".tmp_dagster_home_*"))
+
+
+def test_dagster_storage_goes_to_a_dagster_database_on_the_melodee_server(db_url, home):
+    url = ensure_database(db_url, f"dagster_{uuid.uuid4().hex[:8]}")
+    name = sa.engine.make_url(url).database
+    try:
+        assert sa.engine.make_url(url).set(database="x") == sa.engine.make_url(db_url).set(database="x")
+        assert ensure_database(db_url, name) == url  # idempotent
+        # The dagster CLI with MELODEE_DATABASE_URL: no embedded server is started.
+        proc = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO,
+                              env=clean_env(home, MELODEE_DATABASE_URL=db_url), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert embedded_pid(home) is None and not (home / "pgdata").exists()
+        with sa.create_engine(sa.engine.make_url(db_url).set(database="dagster")).connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+    finally:
+        admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_dagster_database_that_cannot_be_created_is_one_clear_error(db_url):
+    role = f"r_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(db_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}' NOCREATEDB"))
+    try:
+        limited = sa.engine.make_url(db_url).set(username=role, password=f"pw-{role}").render_as_string(hide_password=False)
+        with pytest.raises(Exception) as err:
+            ensure_database(limited, f"dagster_{role}")
+        message = str(err.value)
+        assert f'database "dagster_{role}" for Dagster' in message and "create it" in message
+        assert f"pw-{role}" not in message
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()
+
+
+# 2 + 3. `melodee-pipeline dev` without an activated venv; no community modal -----------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())["data"]
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Ctrl-C for `dagster dev` (it stops its webserver and daemon), then make sure."""
+    for sig, wait in ((signal.SIGINT, 60), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        left = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == proc.pid]
+        if not left:
+            return
+        time.sleep(1)
+    for p in left:
+        p.kill()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_dev_by_absolute_path_serves_the_job_and_sensor_without_community_modal(home, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "dev.log", "w")
+    proc = subprocess.Popen([SCRIPT, "dev", "--port", str(port)], env=clean_env(home), cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                data = graphql(port, "{ shouldShowNux repositoriesOrError { ... on RepositoryConnection { nodes {"
+                                     " location { name } pipelines { name } sensors { name } } } } }")
+                nodes = data["repositoriesOrError"]["nodes"]
+                if nodes:
+                    break
+            except (OSError, KeyError, TypeError, ValueError):
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                pytest.fail("dagster dev did not serve the code location:\n" + (tmp_path / "dev.log").read_text()[-3000:])
+            time.sleep(2)
+        assert [n["location"]["name"] for n in nodes] == ["melodee_pipeline"]
+        assert [j["name"] for j in nodes[0]["pipelines"]] == ["staging_scan_job"]
+        assert [s["name"] for s in nodes[0]["sensors"]] == ["staging_scan_sensor"]
+        assert data["shouldShowNux"] is False  # nux: enabled: false
+        url = f"http://127.0.0.1:{port}/locations/melodee_pipeline/jobs/staging_scan_job"  # the README's links
+        sensor_url = f"http://127.0.0.1:{port}/locations/melodee_pipeline/sensors/staging_scan_sensor"
+        assert urllib.request.urlopen(url, timeout=10).status == 200
+        assert urllib.request.urlopen(sensor_url, timeout=10).status == 200
+        assert (home / "dagster" / "workspace.yaml").exists() and (home / "dagster" / "dagster.yaml").exists()
+
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if chromium:
+            args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000",
+                    "--window-size=1400,900"]
+            shot = tmp_path / "dev.png"
+            dom = subprocess.run(args + ["--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+            subprocess.run(args + [f"--screenshot={shot}", url], capture_output=True, timeout=180)
+            assert "staging_scan_job" in dom and "staging_scan_sensor" in dom
+            assert "Join the Dagster community" not in dom
+            sensor_dom = subprocess.run(args + ["--dump-dom", sensor_url], capture_output=True, text=True, timeout=180).stdout
+            assert "staging_scan_sensor" in sensor_dom and "Next tick" in sensor_dom
+            assert shot.exists() and shot.stat().st_size > 10_000
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+# 5 + 6. a demo that cannot hurt --------------------------------------------------------------
+
+def test_demo_leaves_configured_libraries_and_database_alone(env, libs, engine, home, monkeypatch, capsys):
+    monkeypatch.setenv("MELODEE_HOME", str(home))
+    album(libs["inbound"], "Real", "Album", 2001, ["Song"], ".flac")  # the admin's own music
+    before = {k: tree(p) for k, p in libs.items()}
+    with engine.connect() as conn:
+        libraries = conn.execute(sa.text("SELECT id, name, path, type FROM libraries ORDER BY id")).all()
+        settings = conn.execute(sa.text("SELECT key, value FROM settings ORDER BY key")).all()
+
+    for _ in range(2):  # a second demo works too
+        assert main(["demo"]) == 0
+        out = capsys.readouterr().out
+        assert '"albums_success": 3' in out and str(home / "demo" / "staging") in out
+
+    assert {k: tree(p) for k, p in libs.items()} == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, name, path, type FROM libraries ORDER BY id")).all() == libraries
+        assert conn.execute(sa.text("SELECT key, value FROM settings ORDER BY key")).all() == settings
+        assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 0
+    assert os.environ["MELODEE_DATABASE_URL"] == env["MELODEE_DATABASE_URL"]  # restored after the demo
+    assert "DAGSTER_PG_URL" not in os.environ
+
+
+def test_readme_first_steps_after_demo_on_a_fresh_machine(home, tmp_path):
+    e = clean_env(home)
+    first = cli(["demo"], e)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert '"albums_success": 3' in first.stdout
+    second = cli(["demo"], e)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert '"albums_success": 3' in second.stdout  # started over
+    # README "Everyday use", on the embedded default the demo left untouched.
+    assert cli(["db", "init"], e).returncode == 0
+    for kind in ("inbound", "staging"):
+        (tmp_path / kind).mkdir()
+        proc = cli(["libraries", "add", "--name", kind.title(), "--type", kind, "--path", str(tmp_path / kind)], e)
+        assert proc.returncode == 0, proc.stderr
+    listed = cli(["libraries", "list"], e).stdout
+    assert "Demo" not in listed and listed.count("\n") == 2
+    assert cli(["staging", "list"], e).stdout.strip() == "no staging items"
+
+
+# 7. every user error is one line, URLs masked --------------------------------------------------
+
+@pytest.mark.parametrize("url", [
+    "postgresql://melodee:s3cr3tpw@db:notaport/melodee",   # make_url raises ValueError
+    "melodee:s3cr3tpw@db/melodee",                          # no scheme: ArgumentError
+    "postgresql://melodee:s3cr3tpw@127.0.0.1:1/melodee",    # unreachable
+])
+def test_bad_database_url_is_one_masked_line(url, home):
+    proc = cli(["settings", "list"], clean_env(home, MELODEE_DATABASE_URL=url), timeout=60)
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "s3cr3tpw" not in proc.stderr + proc.stdout and url not in line
+
+
+def test_user_errors_are_one_line_without_traceback(env, home):
+    e = {**clean_env(home), "MELODEE_DATABASE_URL": env["MELODEE_DATABASE_URL"]}
+    proc = cli(["settings", "list"], e)  # before db init
+    assert proc.returncode == 2
+    assert "run `melodee-pipeline db init` first" in one_error_line(proc)
+    for args in (["run", "--workers", "99"], ["bogus"], ["staging", "list", "--status", "done"], ["settings", "get"]):
+        proc = cli(args, e)
+        assert proc.returncode == 2, (args, proc.stderr)
+        one_error_line(proc)
+    assert cli(["db", "init"], e).returncode == 0
+    proc = cli(["settings", "get", "staging_scan.nope"], e)
+    assert proc.returncode == 2 and "unknown setting" in one_error_line(proc)
+
+
+def test_run_with_a_bad_stored_setting_prints_the_reason_once(env, libs, engine, home):
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE settings SET value = 'lots' WHERE key = 'staging_scan.workers'"))
+    proc = cli(["run"], {**clean_env(home), "MELODEE_DATABASE_URL": env["MELODEE_DATABASE_URL"]})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "Stack Trace" not in proc.stderr
+    assert "STEP_FAILURE" in proc.stderr  # Dagster's console output stays
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: run failed: scan_inbound: invalid setting staging_scan.workers = 'lots': must be an integer"]
+    assert proc.stderr.count("must be an integer") == 1
+    # The traceback stays in the run's event log, in Dagster's storage on the same server.
+    dagster_db = sa.engine.make_url(env["MELODEE_DATABASE_URL"]).set(database="dagster")
+    with sa.create_engine(dagster_db).connect() as conn:
+        logged = conn.execute(sa.text("SELECT event FROM event_logs WHERE dagster_event_type = 'STEP_FAILURE' "
+                                      "ORDER BY id DESC LIMIT 1")).scalar()
+    assert "must be an integer" in logged and "orchestration/ops.py" in logged
+    assert not (home / "pgdata").exists()  # MELODEE_DATABASE_URL set: no embedded server
+
+
+# 8. db stop ------------------------------------------------------------------------------------
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for init to reap it counts)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_db_stop_stops_the_embedded_server(home):
+    e = clean_env(home)
+    proc = cli(["db", "stop"], e)
+    assert proc.returncode == 0 and proc.stdout.startswith("no embedded PostgreSQL is running")
+    assert cli(["db", "init"], e).returncode == 0
+    pid = embedded_pid(home)
+    assert pid is not None
+    proc = cli(["db", "stop"], e)
+    assert proc.returncode == 0 and f"(pid {pid})" in proc.stdout
+    assert embedded_pid(home) is None and gone(pid)
+    assert cli(["settings", "get", "staging_scan.workers"], e).stdout.strip() == "4"  # starts again on demand
+    assert cli(["db", "stop"], e).stdout.startswith("stopped")
+
+
+# 9. staging list -------------------------------------------------------------------------------
+
+def test_staging_list_newest_first_truncated_and_filtered(env, engine, capsys):
+    assert main(["db", "init"]) == 0
+    assert main(["staging", "list"]) == 0
+    assert capsys.readouterr().out.strip().endswith("no staging items")
+    rows = [("Old Artist", "Old Album", 2, "approved", "2020-01-01"),
+            ("A" * 80, "B\u202e" + "C" * 80, 11, "pending_review", "2024-06-01"),
+            ("Mid", "Middle", 5, "rejected", "2022-01-01")]
+    with engine.begin() as conn:
+        for i, (artist, name, tracks, status, at) in enumerate(rows):
+            conn.execute(sa.text(
+                "INSERT INTO staging_items (scan_id, staging_path, metadata_file, artist_name, album_name, track_count,"
+                " processed_at, status, checksum, notes) VALUES ('s', :p, :m, :a, :n, :t, :at, :st, 'x', '')"),
+                {"p": f"/staging/{i}", "m": f"/staging/{i}/album.melodee.json", "a": artist, "n": name, "t": tracks,
+                 "at": at, "st": status})
+    assert main(["staging", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["ARTIST", "ALBUM", "TRACKS", "STATUS"]
+    assert [line.split()[-1] for line in lines[1:]] == ["/staging/1", "/staging/2", "/staging/0"]  # newest first
+    assert all(len(line) < 120 for line in lines)
+    assert "A" * 23 + "…" in lines[1] and "\u202e" not in lines[1] and "pending_review" in lines[1]
+    assert main(["staging", "list", "--status", "approved"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "Old Artist" in out[1]
+
+
+# 11. help texts --------------------------------------------------------------------------------
+
+def _subparsers(parser, prefix=()):
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield prefix + (name,), sub
+                yield from _subparsers(sub, prefix + (name,))
+
+
+def test_every_option_is_explained_with_its_default(capsys):
+    for path, sub in _subparsers(build_parser()):
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and ("default" in action.help or "required" in action.help), (path, action.dest)
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith("usage: melodee-pipeline " + " ".join(path)), path
+    for action in ("set", "get"):
+        with pytest.raises(SystemExit):
+            main(["settings", action, "--help"])
+        text = capsys.readouterr().out
+        for key, spec in SPECS.items():
+            line = next(line for line in text.splitlines() if line.strip().startswith(key + " "))
+            assert repr(spec.default) in line and spec.comment in line
