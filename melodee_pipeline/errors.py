@@ -27,9 +27,9 @@ class StagingLocked(UserError):
     """Another staging run holds the advisory lock."""
 
 
-class StagingFull(UserError):
-    """The staging filesystem cannot hold the next album: the run stops starting albums and fails."""
-
-
 class RunFailed(UserError):
     """The run did its work and failed at it (every album failed): exit 1, not a usage error."""
+
+
+class StagingFull(RunFailed):
+    """The staging filesystem cannot hold the next album: the run stops starting albums and fails."""

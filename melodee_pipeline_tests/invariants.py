@@ -19,7 +19,8 @@ SIDECAR = "album.melodee.json"
 def file_hashes(*roots: Path) -> Counter:
     found: Counter = Counter()
     for root in roots:
-        for dirpath, _dirs, names in os.walk(root):
+        for dirpath, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".melodee-")]  # the pipeline's journal and temp files
             for n in names:
                 if n != SIDECAR and not n.startswith("."):
                     found[sha256_file(os.path.join(dirpath, n))] += 1

@@ -31,7 +31,7 @@ from melodee_pipeline.staging.ratelimit import RateLimiter
 
 MOVE, RENAME, ALREADY = "move", "rename", "already_staged"
 NOT_A_FILE = "<not a regular file>"  # never equal to a sha256
-SPACE_RESERVE = 16 << 20  # bytes left free on a staging filesystem besides an album's files
+SPACE_RESERVE = 1 << 20  # bytes left free on a staging filesystem besides an album's files (sidecar, journal)
 
 # The errors an album can fail with on its own: the filesystem, a tag, a path. Anything else is a
 # bug and fails the step.
@@ -132,13 +132,15 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
     for f in album.files:
         if f["file_hash"] in recovered and not os.path.lexists(f["path_bytes"]):
             continue
-        ext = os.path.splitext(f["file_path"])[1]
-        name, action = resolve_name(album_dir, track_file_name(f["title"], f["track_number"], f["disc_number"], ext),
-                                    f["file_hash"], taken, present)
+        wanted = track_file_name(f["title"], f["track_number"], f["disc_number"], os.path.splitext(f["file_path"])[1])
+        name, action = resolve_name(album_dir, wanted, f["file_hash"], taken, present)
         out.actions.append(FileAction(f["path_bytes"], name, action, f["file_hash"], f["file_size"] or 0,
                                       track_entry(album.rel_dir, f, name), file_id=f["id"]))
         if action == RENAME:
-            out.warnings.append(f"{f['file_path']} staged as {name}: a different file already had its name")
+            blocker = os.path.join(album_dir, present.get(wanted.casefold(), wanted))
+            why = "a symlink or other non-regular file" if os.path.lexists(blocker) and not _is_regular(blocker) \
+                else "a different file"
+            out.warnings.append(f"{f['file_path']} staged as {name}: {why} already had its name")
         if f["warnings"]:  # tags the scan had to drop (out-of-range numbers, control characters)
             out.warnings.append(f"{name}: {f['warnings']}")
     return out
@@ -355,6 +357,7 @@ class AlbumStager:
             self.full = exc if isinstance(exc, StagingFull) else StagingFull(f"staging filesystem {self.root} is full: {exc}")
             self._stop.set()
             # Rolled back: nothing of this album moved. A row an earlier run left pending stays so.
+            _remove_empty_dirs(self.root, os.path.join(self.root, out.album_dir))
             if prior is not None:
                 journal.write(self.root, prior)
             else:
