@@ -17,17 +17,16 @@ from typing import Iterator, Sequence
 
 from melodee_pipeline.errors import RunFailed, UserError
 
-# The database the current command talks to (masked when shown), for error messages.
-_current_url: str | None = None
+# The database the current command talks to, so an error message can name it (masked).
+_current_engine = None
 
 
 def _engine():
-    global _current_url
+    global _current_engine
     from melodee_pipeline.db.engine import get_engine
 
-    engine = get_engine()
-    _current_url = engine.url.render_as_string(hide_password=True)
-    return engine
+    _current_engine = get_engine()
+    return _current_engine
 
 
 def cmd_db_init(args) -> int:
@@ -337,13 +336,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    global _current_url
-    from melodee_pipeline.db.engine import DAGSTER_DATABASE, embedded_url, mask, melodee_home
+    from melodee_pipeline.db.engine import DAGSTER_DATABASE, embedded_url, melodee_home
     from melodee_pipeline.demo import DEMO_DATABASE, prepare
 
     home = melodee_home()
     demo = prepare(home)
-    _current_url = mask(demo.database_url)
     print(f"demo: sample albums in {demo.inbound}; database {DEMO_DATABASE} in the embedded PostgreSQL under {home}")
     # The demo's own database and the embedded Dagster storage, whatever is configured.
     with _environ(MELODEE_DATABASE_URL=demo.database_url, DAGSTER_PG_URL=embedded_url(DAGSTER_DATABASE),
@@ -479,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     rf = sub.add_parser("refusals", help="list every refused file and skipped path of a scan DB, with its reason",
                         description="Every file a scan refused and every path it skipped, with the reason.")
     which = rf.add_mutually_exclusive_group(required=True)
-    which.add_argument("--scan", help="a scan DB file")
-    which.add_argument("--dir", help="a scan DB directory: its newest scan DB")
+    which.add_argument("--scan", help="a scan DB file (required, or --dir)")
+    which.add_argument("--dir", help="a scan DB directory: its newest scan DB (required, or --scan)")
     rf.set_defaults(fn=cmd_refusals)
 
     ps = sub.add_parser("process-scan", help="group and stage the files of a scan DB",
@@ -543,18 +540,6 @@ def _password(url: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _database_error(exc) -> str:
-    """One line for a database error: a missing table points at `db init`."""
-    orig = getattr(exc, "orig", None)
-    first = (str(orig or exc).strip().splitlines() or [type(exc).__name__])[0]
-    where = f" in database {_current_url}" if _current_url else ""
-    if getattr(orig, "pgcode", None) == "42P01":  # undefined_table
-        table = re.search(r'relation "([^"]+)"', first)
-        name = f"table {table.group(1)}" if table else "a table"
-        return f"{name} does not exist{where}: run `melodee-pipeline db init` first"
-    return f"database error{where}: {first}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -575,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import sqlalchemy as sa
 
         if isinstance(exc, sa.exc.DBAPIError):
-            print(f"error: {redact(_database_error(exc))}", file=sys.stderr)
+            from melodee_pipeline.db.engine import database_error
+
+            print(f"error: {redact(str(database_error(_current_engine, exc)))}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):
             print(f"error: {redact(str(exc))}", file=sys.stderr)

@@ -65,7 +65,7 @@ def prepare(home: Path) -> Demo:
     libraries, settings and the configured database are never read or written; a second demo
     starts over from scratch."""
     from melodee_pipeline.db.engine import embedded_url, get_engine
-    from melodee_pipeline.db.schema import init_db
+    from melodee_pipeline.bootstrap import init_db
 
     root = home / DEMO_DIR
     if root.exists():

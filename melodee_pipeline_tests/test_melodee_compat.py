@@ -251,14 +251,15 @@ def test_server_answering_with_an_error_is_a_database_error(env, engine, db_url,
     # No tables yet: the server is up, the statement fails.
     assert main(["settings", "list"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith('error: database error: relation "settings" does not exist'), err
+    assert err.startswith("error: table settings does not exist in database postgresql+psycopg2://"), err
+    assert err.rstrip().endswith("run `melodee-pipeline db init` first")
     assert err.count("\n") == 1 and "cannot connect" not in err
     # The server refuses the database named in the URL: reached, so not "cannot connect".
     missing = sa.engine.make_url(db_url).set(database="no_such_db").render_as_string(hide_password=False)
     monkeypatch.setenv("MELODEE_DATABASE_URL", missing)
     assert main(["settings", "list"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: database error: ") and 'database "no_such_db" does not exist' in err, err
+    assert err.startswith("error: database error") and 'database "no_such_db" does not exist' in err, err
 
 
 def test_connection_lost_mid_session_is_cannot_connect(engine):
@@ -270,7 +271,8 @@ def test_connection_lost_mid_session_is_cannot_connect(engine):
         with pytest.raises(sa.exc.DBAPIError) as failed:
             conn.execute(sa.text("SELECT 1/0"))
     error = database_error(engine, failed.value)
-    assert isinstance(error, DatabaseError) and str(error) == "database error: division by zero"
+    masked = engine.url.render_as_string(hide_password=True)
+    assert isinstance(error, DatabaseError) and str(error) == f"database error in database {masked}: division by zero"
 
 
 def test_rows_we_write_carry_naive_utc_timestamps(env, melodee_db, db_url, tmp_path):

@@ -141,17 +141,21 @@ def is_unreachable(exc: sa.exc.DBAPIError) -> bool:
     return "FATAL:" not in message or bool(_NOT_ACCEPTING.search(message))
 
 
-def database_error(engine: sa.Engine, exc: sa.exc.DBAPIError) -> DatabaseUnavailable | DatabaseError:
+def database_error(engine: sa.Engine | None, exc: sa.exc.DBAPIError) -> DatabaseUnavailable | DatabaseError:
     """One line for the user, by what happened: `cannot connect to database <url, password masked>:
-    <reason>` only when the server cannot be reached, else `database error: <what the server said>`."""
+    <reason>` only when the server cannot be reached, else `database error: <what the server said>`;
+    a missing table points at `db init`."""
     reason = str(exc.orig or exc).strip().splitlines()
     first = reason[0].strip() if reason else type(exc).__name__
+    url = engine.url.render_as_string(hide_password=True) if engine is not None else None
     if is_unreachable(exc):
-        url = engine.url.render_as_string(hide_password=True)
-        return DatabaseUnavailable(f"cannot connect to database {url}: {first}")
+        return DatabaseUnavailable(f"cannot connect to database {url or ''}: {first}".replace("  ", " "))
+    where = f" in database {url}" if url else ""
     if getattr(exc.orig, "pgcode", None) == "42P01":  # undefined_table
-        first += " (run `melodee-pipeline db init` to create missing tables)"
-    return DatabaseError(f"database error: {first}")
+        table = re.search(r'relation "([^"]+)"', first)
+        return DatabaseError(f"{'table ' + table.group(1) if table else 'a table'} does not exist{where}: "
+                             "run `melodee-pipeline db init` first")
+    return DatabaseError(f"database error{where}: {first}")
 
 
 @contextmanager
