@@ -34,6 +34,8 @@ class Tags:
 def write_audio(path: str, seconds: float = 0.5, seed: int = 0, noise: bool = False) -> None:
     """A short tone (frequency varies by seed, so files differ byte-wise), or white noise, which
     no codec compresses much: a realistic file size for its duration."""
+    if path.lower().endswith(".m4a"):
+        return _write_m4a(path, seconds, seed)
     fmt, subtype, rate = FORMATS[os.path.splitext(path)[1].lower()]
     n = int(rate * seconds)
     rng = np.random.default_rng(seed)
@@ -60,3 +62,23 @@ def make_track(path: str, tags: Tags, seed: int = 0, seconds: float = 0.5) -> st
     write_audio(path, seconds, seed)
     tag(path, tags)
     return path
+
+
+def _write_m4a(path: str, seconds: float, seed: int) -> None:
+    """AAC in MP4, which libsndfile cannot write; PyAV (a test extra) bundles an encoder."""
+    import av
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    rate, frame = 44100, 1024
+    with av.open(path, "w", format="ipod") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        freq = 220 + 7 * (seed % 97)
+        for start in range(0, int(rate * seconds), frame):
+            samples = (0.2 * np.sin(2 * np.pi * freq * np.arange(start, start + frame) / rate)).astype(np.float32)
+            audio = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="fltp", layout="mono")
+            audio.sample_rate = rate
+            for packet in stream.encode(audio):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)

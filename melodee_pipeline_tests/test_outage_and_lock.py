@@ -10,7 +10,7 @@ import warnings
 
 import sqlalchemy as sa
 
-from melodee_pipeline.bootstrap import init_db
+from melodee_pipeline_tests.conftest import load_melodee_schema
 from melodee_pipeline.cli import main
 from melodee_pipeline.db.engine import psycopg2_url
 from melodee_pipeline.libraries import add_library
@@ -34,12 +34,13 @@ def test_database_down_at_record_fails_clearly_and_next_run_heals(tmp_path, db_u
     dirs = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
     for p in dirs.values():
         p.mkdir()
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     with engine.begin() as conn:
         add_library(conn, "In", "inbound", str(dirs["inbound"]))
         add_library(conn, "St", "staging", str(dirs["staging"]))
         set_setting(conn, "staging_scan.scan_db_data_path", str(dirs["scans"]))
         set_setting(conn, "staging_scan.min_file_age_seconds", "0")
+        set_setting(conn, "staging_scan.dry_run", "false")  # Melodee seeds true
     engine.dispose()
     album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
     album(dirs["inbound"], "Other", "Disc", 2002, ["Three"], ".mp3", seed=9)

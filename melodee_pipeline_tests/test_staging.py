@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from melodee_pipeline.bootstrap import init_db
+from melodee_pipeline_tests.conftest import load_melodee_schema
 from melodee_pipeline.grouping import group_albums
 from melodee_pipeline.records import record_staging_items
 from melodee_pipeline.samples import Tags, make_track
@@ -49,7 +49,7 @@ def test_track_names_and_sanitising():
 
 
 def test_valid_albums_land_in_the_layout_with_a_correct_sidecar_and_rows(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     lz = album(dirs["inbound"], "Led Zeppelin", "IV", 1971, ["Black Dog", "Rock and Roll"], ".flac", folder="LZ/CD1", disc=1)
     lz += album(dirs["inbound"], "Led Zeppelin", "IV", 1971, ["Stairway"], ".mp3", folder="LZ/CD2", disc=2, first_track=1, seed=5)
     album(dirs["inbound"], "The Beatles", "Abbey Road", 1969, ["Something"], ".opus", seed=9)
@@ -87,7 +87,7 @@ def test_valid_albums_land_in_the_layout_with_a_correct_sidecar_and_rows(dirs, e
 
 
 def test_second_identical_run_changes_nothing(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     album(dirs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs", "Sheep"], ".ogg")
     cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
     state = snapshot(dirs["inbound"], dirs["staging"])
@@ -101,7 +101,7 @@ def test_second_identical_run_changes_nothing(dirs, engine):
 
 
 def test_hostile_tags_stay_inside_the_staging_root(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     hostile = ["../../x", "/abs/olute", "AC/DC", "nul\x00byte", "x" * 300, "..", ".", "\u202eevil\u202c", "con:tro\x01l", "é" * 200]
     for i, value in enumerate(hostile):
         make_track(str(dirs["inbound"] / f"f{i}.mp3"), Tags(value, value, value, None, i + 1, None, 2000), seed=i)
@@ -122,7 +122,7 @@ def test_hostile_tags_stay_inside_the_staging_root(dirs, engine):
 
 
 def test_collision_with_different_bytes_gets_a_suffix_and_a_warning(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     album(dirs["inbound"], "Band", "Record", 2001, ["Song"], ".mp3", seed=1)
     cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
     album(dirs["inbound"], "Band", "Record", 2001, ["Song"], ".mp3", seed=2)  # same name, other bytes
@@ -135,7 +135,7 @@ def test_collision_with_different_bytes_gets_a_suffix_and_a_warning(dirs, engine
 
 
 def test_identical_bytes_already_staged_removes_only_the_inbound_copy(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     files = album(dirs["inbound"], "Band", "Record", 2001, ["Song"], ".flac", seed=1)
     copy = files[0].read_bytes()
     cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
@@ -150,11 +150,11 @@ def test_identical_bytes_already_staged_removes_only_the_inbound_copy(dirs, engi
 
 
 def test_later_run_appends_tracks_and_reopens_reviewed_album(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".mp3")
     cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE staging_items SET status = 'approved', reviewed_by = 7, notes = 'ok'"))
+        conn.execute(sa.text("UPDATE staging_items SET status = 'approved', reviewed_by = 1, notes = 'ok'"))
     album(dirs["inbound"], "Band", "Record", 2001, ["Three"], ".mp3", first_track=3, seed=3)
     _, _, rows = cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
     target = dirs["staging"] / "BAN" / "Band" / "2001 - Record"
@@ -168,7 +168,7 @@ def test_later_run_appends_tracks_and_reopens_reviewed_album(dirs, engine):
 
 
 def test_dry_run_changes_nothing_but_records_the_plan(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     album(dirs["inbound"], "Band", "Record", 2001, ["Song"], ".mp3", seed=1)
     cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
     album(dirs["inbound"], "Band", "Record", 2001, ["Song", "New"], ".mp3", seed=2)
@@ -186,7 +186,7 @@ def test_dry_run_changes_nothing_but_records_the_plan(dirs, engine):
 
 
 def test_one_album_failing_does_not_stop_the_others(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     album(dirs["inbound"], "Good", "Fine", 2001, ["A"], ".mp3", seed=1)
     bad = album(dirs["inbound"], "Bad", "Blocked", 2002, ["B"], ".mp3", seed=2)
     (dirs["staging"] / "BAD" / "Bad").mkdir(parents=True)
@@ -243,7 +243,7 @@ def test_cross_filesystem_move_copies_verifies_and_removes_source(tmp_path):
 
 
 def test_albums_whose_names_sanitise_alike_get_separate_directories(dirs, engine):
-    init_db(engine)
+    load_melodee_schema(engine)  # Melodee's own tables and seeds
     album(dirs["inbound"], "AC/DC", "Live", 1992, ["One"], ".mp3", seed=1)
     album(dirs["inbound"], "AC-DC", "Live", 1992, ["One"], ".mp3", seed=2)
     _, staged, rows = cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
