@@ -1,4 +1,4 @@
-"""Hostile and broken input (issue #5): each gets a clear message; none loses a byte or escapes staging."""
+"""Hostile and broken input: each gets a clear message; none loses a byte or escapes staging."""
 
 from __future__ import annotations
 

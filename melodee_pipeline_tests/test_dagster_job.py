@@ -1,4 +1,4 @@
-"""staging_scan_job through Dagster (SPEC §9): real runs, dry runs, run config, failures, the lock."""
+"""staging_scan_job through Dagster: real runs, dry runs, run config, failures, the lock."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Foundation (issue #2): schema bootstrap, settings, libraries, CLI errors — on real Postgres."""
+"""Foundation: schema bootstrap, settings, libraries, CLI errors — on real Postgres."""
 
 from __future__ import annotations
 

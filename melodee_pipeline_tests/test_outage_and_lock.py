@@ -1,4 +1,4 @@
-"""A database that goes down mid-run, and one staging run at a time (issue #5)."""
+"""A database that goes down mid-run, and one staging run at a time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) for the path sanitiser and album directory assignment (issue #5)."""
+"""Property tests (hypothesis) for the path sanitiser and album directory assignment."""
 
 from __future__ import annotations
 

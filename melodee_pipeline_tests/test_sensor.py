@@ -1,4 +1,4 @@
-"""staging_scan_sensor (SPEC §9) through build_sensor_context, against settings in real Postgres."""
+"""staging_scan_sensor through build_sensor_context, against settings in real Postgres."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""stage_albums and record_staging_items (SPEC §7, §8) on real files and real Postgres."""
+"""stage_albums and record_staging_items on real files and real Postgres."""
 
 from __future__ import annotations
 
@@ -252,3 +252,21 @@ def test_albums_whose_names_sanitise_alike_get_separate_directories(dirs, engine
     assert dirs_made == ["1992 - Live", "1992 - Live (2)"]
     names = {sidecar(dirs["staging"] / "ACD" / "AC-DC" / d)["artist"]["name"] for d in dirs_made}
     assert names == {"AC/DC", "AC-DC"}
+
+
+def test_names_are_valid_on_windows_and_never_differ_only_in_case(dirs, engine):
+    load_melodee_schema(engine)
+    make_track(str(dirs["inbound"] / "a" / "1.mp3"), Tags("CON", "Aux", "Intro", None, 1, None, 2001), seed=1)
+    make_track(str(dirs["inbound"] / "a" / "2.mp3"), Tags("CON", "Aux", "INTRO", None, 1, None, 2001), seed=2)
+    # A directory of the same album, spelled in another letter case, already in staging.
+    existing = dirs["staging"] / "CON" / "con_" / "2001 - aux"
+    make_track(str(dirs["inbound"] / "b" / "3.mp3"), Tags("con", "aux", "Outro", None, 9, None, 2001), seed=3)
+    _, first, _ = cycle(dirs["inbound"] / "b", dirs["staging"], dirs["scans"], engine)
+    assert first.files_moved == 1 and sorted(os.listdir(existing)) == ["09 - Outro.mp3", "album.melodee.json"]
+    _, staged, _ = cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
+    assert staged.files_moved == 2 and staged.albums_total == 1
+    names = sorted(os.listdir(existing))  # reused under its existing spelling
+    assert names == ["01 - INTRO (2).mp3", "01 - Intro.mp3", "09 - Outro.mp3", "album.melodee.json"] or \
+        names == ["01 - INTRO.mp3", "01 - Intro (2).mp3", "09 - Outro.mp3", "album.melodee.json"]
+    assert len({n.casefold() for n in names}) == len(names)
+    assert sorted(os.listdir(dirs["staging"])) == ["CON"] and os.listdir(dirs["staging"] / "CON") == ["con_"]
