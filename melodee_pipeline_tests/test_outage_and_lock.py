@@ -27,8 +27,32 @@ def start_server(pgdata):
         return pgserver.get_server(str(pgdata), cleanup_mode="stop")
 
 
-def test_database_down_at_record_fails_clearly_and_next_run_heals(tmp_path, db_url):
-    server = start_server(tmp_path / "melodee-pg")
+def _run_with_outage_at_record(env: dict, marker, server_stop, server_back=None) -> subprocess.CompletedProcess:
+    """`melodee-pipeline run`, paused after staging; Postgres goes down, maybe back after 2 s."""
+    proc = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, hits = time.time() + 180, 0
+        while proc.poll() is None:  # the pause point is hit again by each retry of the record step
+            assert time.time() < deadline
+            if marker.exists():
+                hits += 1
+                if hits == 1:
+                    server_stop()
+                marker.unlink()
+                if hits == 1 and server_back:
+                    time.sleep(2)
+                    server_back()
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_database_outage_at_record_retries_then_fails_clearly_and_next_run_heals(tmp_path, db_url):
+    pgdata = tmp_path / "melodee-pg"
+    server = start_server(pgdata)
     url = psycopg2_url(server.get_uri())
     engine = sa.create_engine(url)
     dirs = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
@@ -43,40 +67,46 @@ def test_database_down_at_record_fails_clearly_and_next_run_heals(tmp_path, db_u
         set_setting(conn, "staging_scan.dry_run", "false")  # Melodee seeds true
     engine.dispose()
     album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
-    album(dirs["inbound"], "Other", "Disc", 2002, ["Three"], ".mp3", seed=9)
     marker = tmp_path / "paused"
     env = {**os.environ, "MELODEE_DATABASE_URL": url, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": db_url,
            "MELODEE_HOME": str(tmp_path / "home"), "MELODEE_PAUSE_AT": "before_record", "MELODEE_PAUSE_FILE": str(marker)}
-    proc = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not marker.exists():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()
-            time.sleep(0.1)
-        server.cleanup()  # Postgres goes down after staging, before the rows
-        marker.unlink()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 1, out + err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: run failed: record_staging_items: cannot connect to database postgresql+psycopg2://postgres:***@"), err[-4000:]
-    assert len(list(dirs["staging"].rglob("album.melodee.json"))) == 2  # staged, nothing lost
+    servers = [server]
 
-    server = start_server(tmp_path / "melodee-pg")
+    def stop():
+        servers[-1].cleanup()
+
+    def restart():
+        servers.append(start_server(pgdata))
+
+    def row_count() -> int:
+        eng = sa.create_engine(url)
+        try:
+            with eng.connect() as conn:
+                return conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar()
+        finally:
+            eng.dispose()
+
     try:
+        # A blip: Postgres is back within the record step's retry delay, and the run heals itself.
+        blip = _run_with_outage_at_record(env, marker, stop, restart)
+        assert blip.returncode == 0, blip.stderr[-3000:]
+        assert '"inserted": 1' in blip.stdout and row_count() == 1
+        # An outage: the retries run out; the run fails naming the database, nothing is lost.
+        album(dirs["inbound"], "Other", "Disc", 2002, ["Three"], ".mp3", seed=9)
+        down = _run_with_outage_at_record(env, marker, stop)
+        assert down.returncode == 1, down.stdout + down.stderr
+        last = down.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: run failed: record_staging_items: cannot connect to database postgresql+psycopg2://postgres:***@"), down.stderr[-4000:]
+        assert len(list(dirs["staging"].rglob("album.melodee.json"))) == 2  # staged, nothing lost
+        # The next run records what the failed one could not (the journal kept it pending).
+        restart()
         env.pop("MELODEE_PAUSE_AT")
         again = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env, capture_output=True,
                                text=True, timeout=300)
         assert again.returncode == 0, again.stderr
-        assert '"inserted": 2' in again.stdout and '"albums_total": 0' in again.stdout
-        engine = sa.create_engine(url)
-        with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 2
-        engine.dispose()
+        assert '"inserted": 1' in again.stdout and '"albums_total": 0' in again.stdout and row_count() == 2
     finally:
-        server.cleanup()
+        servers[-1].cleanup()
 
 
 def test_process_scan_refuses_while_another_run_holds_the_lock(env, libs, engine, capsys):

@@ -141,7 +141,7 @@ def stage_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_
     return replace(run, stage=result)
 
 
-@dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=3, delay=10))
+@dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=5))
 def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, database: MelodeeDatabase,
                          staging_lock: StagingRunLock) -> dict:
     with hard_failure(retry=True):
