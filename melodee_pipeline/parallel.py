@@ -59,7 +59,7 @@ def process_pool(workers: int, preload: list[str]) -> ProcessPoolExecutor:
 def bounded_map(
     fn: Callable[[T], R], items: Iterable[T], executor: Executor | None, window: int = 256
 ) -> Iterator[R]:
-    """Like `executor.map` in completion order, but at most `window` items in flight.
+    """Like `executor.map` (results in submission order), but at most `window` items in flight.
 
     With `executor=None` it runs inline, which is what `workers=1` means.
     """

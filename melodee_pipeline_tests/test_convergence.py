@@ -236,3 +236,33 @@ def test_symlink_at_a_destination_is_never_identical_and_never_unlinks_a_source(
     doc = json.loads((album_dir / SIDECAR).read_text())
     assert [t["file_path"] for t in doc["tracks"]] == ["BAN/Band/2001 - Record/01 - One (2).mp3"]
     assert any("symlink or other non-regular file already had its name" in w for w in doc["validation"]["warnings"])
+
+
+def test_a_programming_error_fails_the_step_while_a_filesystem_error_fails_only_its_album(dirs, monkeypatch):
+    from melodee_pipeline.grouping import group_albums
+    from melodee_pipeline.scan.scanner import scan_inbound
+    from melodee_pipeline.staging import protocol
+    from melodee_pipeline.staging.stage import stage_albums
+
+    album(dirs["inbound"], "Good", "Fine", 2001, ["A"], ".mp3", seed=1)
+    album(dirs["inbound"], "Bad", "Broken", 2002, ["B"], ".mp3", seed=2)
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    real_entry = protocol.track_entry
+
+    def entry(rel_dir, f, name):
+        if "Broken" in rel_dir:
+            raise PermissionError(13, "Permission denied")  # what the filesystem says: that album's failure
+        return real_entry(rel_dir, f, name)
+
+    monkeypatch.setattr(protocol, "track_entry", entry)
+    result = stage_albums(scan.scan_db, str(dirs["staging"]))
+    assert (result.albums_success, result.albums_failed) == (1, 1)
+
+    def bug(rel_dir, f, name):
+        raise KeyError("a bug")  # not an album's problem: the step must fail, loudly
+
+    monkeypatch.setattr(protocol, "track_entry", bug)
+    with pytest.raises(KeyError):
+        stage_albums(scan.scan_db, str(dirs["staging"]))
+    assert len(list(dirs["inbound"].rglob("*.mp3"))) == 1  # the failed album's file is still there

@@ -50,8 +50,8 @@ def build_album(group_id: str, files: list[sqlite3.Row]) -> Album:
     album = _most_common([f["album"] for f in files])
     year = int(group_id.rsplit("_", 1)[1])
     genres = [g for g, _ in Counter(f["genre"] for f in files if f["genre"]).most_common()]
-    track_artists = {(f["artist"] or "").lower() for f in files}
-    is_compilation = artist.lower() in _VARIOUS or (not any(f["album_artist"] for f in files) and len(track_artists) > 1)
+    # Files group by album artist (or artist), so "Various Artists" is what marks a compilation.
+    is_compilation = artist.strip().lower() in _VARIOUS
     code, artist_dir, album_dir = album_dir_parts(artist, year, album)
     return Album(group_id, artist, album, year, genres, is_compilation, code, os.path.join(code, artist_dir, album_dir), files)
 
