@@ -209,7 +209,8 @@ def cmd_process_scan(args) -> int:
     conn.close()
     print(f"files {info['files']}, valid {info['valid']}, invalid {info['invalid']}, skipped {info['skipped']}")
     verb = "would move" if args.dry_run else "moved"
-    print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}; files {verb} {s.files_moved}, "
+    print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}, "
+          f"with warnings for the reviewer {s.albums_with_warnings}; files {verb} {s.files_moved}, "
           f"duplicates (already staged) {s.already_staged}, renamed {s.renamed}, failed {s.files_failed}"
           + (f"; {s.recovered} interrupted album file(s) finished first" if s.recovered else "")
           + (" [dry run: nothing moved]" if args.dry_run else ""))

@@ -62,6 +62,7 @@ ADDED_COLUMNS = {
     # The file's identity when scanned: a refused file with the same one is not read again.
     "mtime_ns": "INTEGER", "inode": "INTEGER", "ctime_ns": "INTEGER",
     "refused_since": "INTEGER",  # invalid files: Unix seconds when first refused unchanged
+    "track_total": "INTEGER",  # the total-tracks tag, for the reviewer's album checks
 }
 
 

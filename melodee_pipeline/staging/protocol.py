@@ -28,6 +28,7 @@ from melodee_pipeline.staging.moves import (
 from melodee_pipeline.staging.paths import ensure_inside, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.ratelimit import RateLimiter
+from melodee_pipeline.staging.validation import album_warnings, is_album_warning, is_image
 
 MOVE, RENAME, ALREADY = "move", "rename", "already_staged"
 NOT_A_FILE = "<not a regular file>"  # never equal to a sha256
@@ -58,6 +59,7 @@ class AlbumOutcome:
     error: str | None = None
     actions: list[FileAction] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # the album checks for the reviewer (validation.py)
     tracks: int = 0
     total_size: int = 0
     pending_row: bool = False  # a journal entry awaits the record step
@@ -120,6 +122,9 @@ def track_entry(rel_dir: str, f: sqlite3.Row, name: str) -> dict:
         "sample_rate": f["sample_rate"] or 0,
         "checksum": f["file_hash"],
         "original_path": f["file_path"],
+        # For the reviewer's album checks (validation.py); Melodee ignores keys it does not know.
+        "track_total": f["track_total"] or 0,
+        "album_artist": f["album_artist"] or f["artist"],
     }
 
 
@@ -258,7 +263,7 @@ def _is_regular(path: str) -> bool:
 
 def _fingerprint(sidecar: dict) -> str:
     """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
-    return json.dumps([sidecar["tracks"], sidecar.get("validation")])
+    return json.dumps([sidecar["tracks"], sidecar.get("validation"), sidecar.get("album")])
 
 
 def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir: str, prior: journal.Entry | None) -> None:
@@ -291,6 +296,7 @@ def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, i
         _remove_empty_dirs(root, album_dir)
         return existing is not None, False
     sc.add_warnings(doc, out.warnings, [f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error])
+    out.checks = refresh_checks(album_dir, doc)
     out.tracks = len(doc["tracks"])
     out.total_size = sum(int(t.get("file_size") or 0) for t in doc["tracks"])
     if _fingerprint(doc) == before:
@@ -298,6 +304,17 @@ def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, i
     sc.stamp(doc, scan_id)
     sc.write_atomic(album_dir, doc, tmp_dir)
     return True, added > 0
+
+
+def refresh_checks(album_dir: str, doc: dict) -> list[str]:
+    """The album facts a run recomputes from what the directory holds: its image count and the
+    album checks, which replace the previous run's (never accumulate)."""
+    images = sum(1 for n in _listing(album_dir).values() if is_image(n) and _is_regular(os.path.join(album_dir, n)))
+    doc["album"]["image_count"] = images
+    checks = album_warnings(doc["tracks"], doc["album"], images)
+    v = doc.setdefault("validation", {"is_valid": True, "errors": [], "warnings": []})
+    v["warnings"] = [w for w in v.get("warnings") or [] if not is_album_warning(w)] + checks
+    return checks
 
 
 def _remove_empty_dirs(root: str, album_dir: str) -> None:

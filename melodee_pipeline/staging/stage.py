@@ -39,6 +39,7 @@ class StageResult:
     recovered: int  # interrupted albums finished from the journal first
     pending_rows: int  # albums whose staging_items row the record step must write
     seconds: float
+    albums_with_warnings: int = 0  # for the reviewer: album checks or per-file warnings
 
 
 def prepare_staging(staging_root: str, logger: logging.Logger) -> set[str]:
@@ -74,7 +75,7 @@ def _record(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) -> None:
         "INSERT OR REPLACE INTO albums(album_group_id, artist, album, year, staging_dir, status, error, tracks, moved, "
         "already_staged, failed, renamed, total_size, warnings, dry_run) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (a.group_id, a.artist, a.album, a.year, out.album_dir, out.status, out.error, out.tracks, out.moved,
-         out.count(ALREADY), out.failed, out.count(RENAME), out.total_size, "\n".join(out.warnings) or None, int(dry_run)),
+         out.count(ALREADY), out.failed, out.count(RENAME), out.total_size, "\n".join(out.warnings + out.checks) or None, int(dry_run)),
     )
     conn.executemany(
         "INSERT OR REPLACE INTO staged_files(file_id, album_group_id, destination, action, error) VALUES (?,?,?,?,?)",
@@ -121,7 +122,7 @@ def stage_albums(
             claims.assign(album)
             yield album
 
-    totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0)
+    totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0)
     failures: dict[str, int] = {}
     emptied: set[bytes] = set()
     pool = thread_pool(workers) if workers > 1 else None
@@ -136,6 +137,7 @@ def stage_albums(
             totals["renamed"] += out.count(RENAME)
             totals["files_failed"] += out.failed
             totals["pending"] += out.pending_row
+            totals["warned"] += bool(out.warnings or out.checks)
             emptied.update(os.path.dirname(a.source) for a in out.actions if a.placed)
             if bad:
                 reason = out.status if out.status != "failed" else (out.error or "failed").split(":")[0]
@@ -155,7 +157,8 @@ def stage_albums(
             _remove_empty_dirs(emptied, os.fsencode(os.path.normpath(inbound)))
     seconds = time.monotonic() - started
     result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
-                         totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds)
+                         totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds,
+                         totals["warned"])
     scandb.set_info(conn, staging_path=staging_root, dry_run=int(dry_run), staged=1, stage_seconds=f"{seconds:.3f}")
     conn.commit()
     conn.close()
