@@ -30,7 +30,7 @@ class JournalFile:
     name: str  # file name inside the album directory
     sha256: str
     size: int
-    track: dict  # the sidecar track entry
+    track: dict | None  # the sidecar track entry; None for an extra (cover art, rip log…)
 
 
 @dataclass

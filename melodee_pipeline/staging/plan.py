@@ -38,6 +38,8 @@ class Album:
     code: str
     rel_dir: str = ""  # relative to the staging root
     files: list[sqlite3.Row] = field(default_factory=list)
+    extras: list[sqlite3.Row] = field(default_factory=list)  # scanned_extras rows that travel with it
+    notes: list[str] = field(default_factory=list)  # extras that stay in inbound, and why
 
 
 def _most_common(values: list[str]) -> str:

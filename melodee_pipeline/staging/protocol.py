@@ -1,8 +1,10 @@
 """The staging protocol for one album, as named steps (docs/design.md, "The staging protocol").
 
-  1. plan     choose each file's name in the album directory; nothing is written
+  1. plan     choose each file's name in the album directory, the extras' too (extras.py);
+              nothing is written
   2. journal  persist the plan (sticky destinations) before the first move
-  3. move     place every file, fsync the album directory once, then unlink the sources
+  3. move     place every track, then the extras of folders whose tracks are all in place, fsync
+              the album directory once, then unlink the sources
   4. finish   rewrite the sidecar to list exactly the tracks present; the journal entry becomes
               the record step's "pending row"
   5. classify staged / unchanged / partial / failed
@@ -22,6 +24,7 @@ from melodee_pipeline import faults
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.extras import extra_name, extract_cover
 from melodee_pipeline.staging.moves import (
     DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
 )
@@ -46,8 +49,8 @@ class FileAction:
     action: str
     sha256: str
     size: int
-    track: dict
-    file_id: int | None = None
+    track: dict | None  # the sidecar entry; None for an extra (cover art, rip log…)
+    file_id: int | None = None  # scanned_files.id, or scanned_extras.id for an extra
     error: str | None = None
     placed: bool = False  # the destination holds the bytes (moved now, or already there)
 
@@ -57,7 +60,8 @@ class AlbumOutcome:
     album_dir: str  # relative to the staging root
     status: str = "planned"
     error: str | None = None
-    actions: list[FileAction] = field(default_factory=list)
+    actions: list[FileAction] = field(default_factory=list)  # the tracks
+    extras: list[FileAction] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)  # the album checks for the reviewer (validation.py)
     tracks: int = 0
@@ -134,18 +138,24 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
     album_dir = os.path.join(root, album.rel_dir)
     ensure_inside(root, album_dir)
     present, taken = _listing(album_dir), {}
-    for f in album.files:
+
+    def planned(f: sqlite3.Row, wanted: str) -> FileAction | None:
         if f["file_hash"] in recovered and not os.path.lexists(f["path_bytes"]):
-            continue
-        ext = os.path.splitext(f["file_path"])[1]
-        name, action = resolve_name(album_dir, track_file_name(f["title"], f["track_number"], f["disc_number"], ext),
-                                    f["file_hash"], taken, present)
-        out.actions.append(FileAction(f["path_bytes"], name, action, f["file_hash"], f["file_size"] or 0,
-                                      track_entry(album.rel_dir, f, name), file_id=f["id"]))
+            return None
+        name, action = resolve_name(album_dir, wanted, f["file_hash"], taken, present)
         if action == RENAME:
             out.warnings.append(f"{f['file_path']} staged as {name}: a different file already had its name")
-        if f["warnings"]:  # tags the scan had to drop (out-of-range numbers, control characters)
-            out.warnings.append(f"{name}: {f['warnings']}")
+        return FileAction(bytes(f["path_bytes"]), name, action, f["file_hash"], f["file_size"] or 0, None, file_id=f["id"])
+
+    for f in album.files:
+        ext = os.path.splitext(f["file_path"])[1]
+        if a := planned(f, track_file_name(f["title"], f["track_number"], f["disc_number"], ext)):
+            a.track = track_entry(album.rel_dir, f, a.name)
+            out.actions.append(a)
+            if f["warnings"]:  # tags the scan had to drop (out-of-range numbers, control characters)
+                out.warnings.append(f"{a.name}: {f['warnings']}")
+    out.extras = [a for x in album.extras if (a := planned(x, extra_name(x["path_bytes"])))]
+    out.warnings.extend(album.notes)
     return out
 
 
@@ -159,11 +169,11 @@ def album_info(album: Album) -> dict:
 def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior: journal.Entry | None) -> None:
     """Persist the plan before the first move (nothing to do when nothing will move). A pending
     row an earlier run left for this album keeps its `gained`."""
-    if not any(a.action in (MOVE, RENAME) for a in out.actions):
+    if not any(a.action in (MOVE, RENAME) for a in out.actions + out.extras):
         return
     entry = journal.Entry(
         out.album_dir, journal.MOVING, scan_id, info,
-        [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track) for a in out.actions],
+        [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track) for a in out.actions + out.extras],
         list(out.warnings), gained=bool(prior and prior.gained),
     )
     journal.write(root, entry)
@@ -187,25 +197,31 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _moving(actions: list[FileAction]) -> list[FileAction]:
+    return [a for a in actions if a.action in (MOVE, RENAME) and not a.error]
+
+
+def _hold_back_extras(out: AlbumOutcome) -> None:
+    """An extra follows its folder's music: if a track of that folder is not in place, the
+    folder's extras stay in inbound with it."""
+    stuck = {os.path.dirname(a.source) for a in out.actions if a.error}
+    for a in out.extras:
+        if not a.error and os.path.dirname(a.source) in stuck:
+            a.error = "left in inbound: a track of its folder was not staged"
+
+
 def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter | None = None) -> None:
     album_dir = os.path.join(root, out.album_dir)
-    moving = [a for a in out.actions if a.action in (MOVE, RENAME) and not a.error]
-    if moving:
+    moving = _moving(out.actions)
+    if moving or _moving(out.extras):
         makedirs_durable(album_dir, root)
         ensure_inside(root, album_dir)
-        _check_space(root, album_dir, moving)
+        _check_space(root, album_dir, moving + _moving(out.extras))
     try:
-        for a in moving:
-            if limiter:
-                limiter.wait()
-            try:
-                place(a.source, os.path.join(album_dir, a.name), a.sha256, tmp_dir)
-                a.placed = True
-            except OSError as exc:
-                if exc.errno in DISK_FULL:
-                    raise
-                a.error = f"move failed: {exc.strerror or exc}"
-            faults.point("after_place")
+        _place_all(album_dir, moving, tmp_dir, limiter)
+        _hold_back_extras(out)
+        moving += _moving(out.extras)
+        _place_all(album_dir, _moving(out.extras), tmp_dir, limiter)
     except OSError as exc:
         _roll_back(album_dir, moving)
         raise StagingFull(f"staging filesystem {root} is full while staging {out.album_dir} "
@@ -214,7 +230,7 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
     if any(a.placed for a in moving):
         fsync_dir(album_dir)  # every new name is durable before any source goes
     faults.point("before_unlink_sources")
-    for a in out.actions:
+    for a in out.actions + out.extras:
         if a.error:
             continue
         if a.placed:
@@ -227,6 +243,22 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
             faults.point("after_unlink")
         elif a.action == ALREADY:
             _settle_already(album_dir, a, out)
+    out.warnings.extend(f"{os.fsdecode(a.source)}: {a.error}" for a in out.extras if a.error)
+
+
+def _place_all(album_dir: str, moving: list[FileAction], tmp_dir: str, limiter: RateLimiter | None) -> None:
+    """Give each file its new name; the sources stay. A full disk stops the album (the caller rolls back)."""
+    for a in moving:
+        if limiter:
+            limiter.wait()
+        try:
+            place(a.source, os.path.join(album_dir, a.name), a.sha256, tmp_dir)
+            a.placed = True
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise
+            a.error = f"move failed: {exc.strerror or exc}"
+        faults.point("after_place")
 
 
 def _settle_already(album_dir: str, a: FileAction, out: AlbumOutcome) -> None:
@@ -288,7 +320,7 @@ def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, i
     doc = existing or sc.new_sidecar(scan_id, **info)
     before = _fingerprint(doc) if existing else None
     doc["tracks"] = [t for t in doc.get("tracks") or [] if _is_regular(os.path.join(root, t.get("file_path") or ""))]
-    added = sc.merge_tracks(doc, [a.track for a in out.actions if a.placed])
+    added = sc.merge_tracks(doc, [a.track for a in out.actions if a.placed and a.track])
     if not doc["tracks"]:
         # Nothing of this album is here (every move failed, or its files left): no phantom album.
         if existing:
@@ -296,6 +328,8 @@ def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, i
         _remove_empty_dirs(root, album_dir)
         return existing is not None, False
     sc.add_warnings(doc, out.warnings, [f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error])
+    if any(a.placed for a in out.actions + out.extras):
+        extract_cover(root, album_dir, doc, scan_id, tmp_dir)
     out.checks = refresh_checks(album_dir, doc)
     out.tracks = len(doc["tracks"])
     out.total_size = sum(int(t.get("file_size") or 0) for t in doc["tracks"])
@@ -387,18 +421,23 @@ def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:
     ends in its sticky destination or stays in inbound; the sidecar lists exactly what is there."""
     out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings))
     album_dir = os.path.join(root, entry.album_dir)
-    for jf in entry.files:
+    stuck: set[bytes] = set()  # folders with a track that stays in inbound: their extras stay too
+    for jf in sorted(entry.files, key=lambda f: f.track is None):  # tracks first
         a = FileAction(os.fsencode(jf.source), jf.name, MOVE, jf.sha256, jf.size, jf.track)
         dest = os.path.join(album_dir, jf.name)
         if regular_file_sha256(dest) == jf.sha256:
             a.action = ALREADY
         elif os.path.lexists(dest):
-            out.warnings.append(f"{jf.source}: {jf.name} now holds other content; left in inbound")
-            continue
+            a.error = f"{jf.name} now holds other content; left in inbound"
         elif regular_file_sha256(a.source) != jf.sha256:
-            out.warnings.append(f"{jf.source} vanished or changed since the interrupted run; not staged")
+            a.error = "vanished or changed since the interrupted run; not staged"
+        elif jf.track is None and os.path.dirname(a.source) in stuck:
+            a.error = "left in inbound: a track of its folder was not staged"
+        if a.error and jf.track is not None:
+            out.warnings.append(f"{jf.source}: {a.error}")
+            stuck.add(os.path.dirname(a.source))
             continue
-        out.actions.append(a)
+        (out.actions if jf.track is not None else out.extras).append(a)
     move_files(root, out, tmp_dir)
     finish_album(root, out, entry.scan_id, entry.album, tmp_dir, journal.Entry(
         entry.album_dir, journal.STAGED, entry.scan_id, entry.album, gained=True) if out.actions else None)
