@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -23,15 +22,14 @@ from dataclasses import dataclass, field
 from melodee_pipeline import faults
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.staging import journal
-from melodee_pipeline.staging import sidecar as sc
-from melodee_pipeline.staging.extras import extra_name, extract_cover
+from melodee_pipeline.staging.albumdir import write_sidecar
+from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
     DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
 )
 from melodee_pipeline.staging.paths import ensure_inside, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.ratelimit import RateLimiter
-from melodee_pipeline.staging.validation import album_warnings, is_album_warning, is_image
 
 MOVE, RENAME, ALREADY = "move", "rename", "already_staged"
 NOT_A_FILE = "<not a regular file>"  # never equal to a sha256
@@ -286,79 +284,23 @@ def _roll_back(album_dir: str, moving: list[FileAction]) -> None:
 
 # 4. finish
 
-def _is_regular(path: str) -> bool:
-    try:
-        return os.path.isfile(path) and not os.path.islink(path)
-    except OSError:
-        return False
-
-
-def _fingerprint(sidecar: dict) -> str:
-    """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
-    return json.dumps([sidecar["tracks"], sidecar.get("validation"), sidecar.get("album")])
-
-
 def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir: str, prior: journal.Entry | None) -> None:
     """Sidecar lists exactly the tracks present; an album with none keeps no sidecar and gets no
     row. A changed sidecar leaves a `staged` journal entry, the record step's work list."""
-    album_dir = os.path.join(root, out.album_dir)
     faults.point("before_sidecar")
-    changed, gained = _write_sidecar(root, album_dir, out, scan_id, info, tmp_dir)
-    if changed or (prior is not None and prior.state == journal.STAGED):
+    written = write_sidecar(
+        root, os.path.join(root, out.album_dir), scan_id, info, tmp_dir,
+        placed=[a.track for a in out.actions if a.placed and a.track], warnings=out.warnings,
+        errors=[f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error],
+        extract=any(a.placed for a in out.actions + out.extras),
+    )
+    out.tracks, out.total_size, out.checks = written.tracks, written.total_size, written.checks
+    if written.changed or (prior is not None and prior.state in (journal.STAGED, journal.UNDONE)):
         journal.write(root, journal.Entry(out.album_dir, journal.STAGED, scan_id, info,
-                                          gained=gained or bool(prior and prior.gained)))
+                                          gained=written.gained or bool(prior and prior.gained)))
         out.pending_row = True
     else:
         journal.remove(root, out.album_dir)
-
-
-def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir: str) -> tuple[bool, bool]:
-    if not os.path.isdir(album_dir):
-        return False, False
-    ensure_inside(root, album_dir)
-    existing = sc.read(album_dir)
-    doc = existing or sc.new_sidecar(scan_id, **info)
-    before = _fingerprint(doc) if existing else None
-    doc["tracks"] = [t for t in doc.get("tracks") or [] if _is_regular(os.path.join(root, t.get("file_path") or ""))]
-    added = sc.merge_tracks(doc, [a.track for a in out.actions if a.placed and a.track])
-    if not doc["tracks"]:
-        # Nothing of this album is here (every move failed, or its files left): no phantom album.
-        if existing:
-            os.unlink(os.path.join(album_dir, sc.SIDECAR_NAME))
-        _remove_empty_dirs(root, album_dir)
-        return existing is not None, False
-    sc.add_warnings(doc, out.warnings, [f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error])
-    if any(a.placed for a in out.actions + out.extras):
-        extract_cover(root, album_dir, doc, scan_id, tmp_dir)
-    out.checks = refresh_checks(album_dir, doc)
-    out.tracks = len(doc["tracks"])
-    out.total_size = sum(int(t.get("file_size") or 0) for t in doc["tracks"])
-    if _fingerprint(doc) == before:
-        return False, False
-    sc.stamp(doc, scan_id)
-    sc.write_atomic(album_dir, doc, tmp_dir)
-    return True, added > 0
-
-
-def refresh_checks(album_dir: str, doc: dict) -> list[str]:
-    """The album facts a run recomputes from what the directory holds: its image count and the
-    album checks, which replace the previous run's (never accumulate)."""
-    images = sum(1 for n in _listing(album_dir).values() if is_image(n) and _is_regular(os.path.join(album_dir, n)))
-    doc["album"]["image_count"] = images
-    checks = album_warnings(doc["tracks"], doc["album"], images)
-    v = doc.setdefault("validation", {"is_valid": True, "errors": [], "warnings": []})
-    v["warnings"] = [w for w in v.get("warnings") or [] if not is_album_warning(w)] + checks
-    return checks
-
-
-def _remove_empty_dirs(root: str, album_dir: str) -> None:
-    d = album_dir
-    while d != root and d.startswith(root + os.sep):
-        try:
-            os.rmdir(d)
-        except OSError:
-            return
-        d = os.path.dirname(d)
 
 
 # 5. classify

@@ -22,6 +22,7 @@ from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir, temp
 from melodee_pipeline.staging.plan import DirectoryClaims, iter_albums
 from melodee_pipeline.staging.protocol import ALREADY, RENAME, AlbumOutcome, AlbumStager, recover
 from melodee_pipeline.staging.ratelimit import RateLimiter
+from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,17 @@ def prepare_staging(staging_root: str, logger: logging.Logger) -> set[str]:
 
 
 def recover_interrupted(staging_root: str, logger: logging.Logger) -> set[str]:
-    moving, problems = journal.entries(staging_root, journal.MOVING)
+    """Albums a killed run left half-moved, and albums a killed undo left half-returned."""
+    found, problems = journal.entries(staging_root)
     for problem in problems:
         logger.warning(problem)
+    for entry in (e for e in found if e.state == journal.UNDOING):
+        undone = finish_undo(staging_root, entry)
+        logger.warning(f"finished interrupted undo of {entry.album_dir} from the journal: "
+                       f"{undone.count(MOVE, COPY)} file(s) returned to inbound"
+                       + (f"; {'; '.join(undone.problems)}" if undone.problems else ""))
     staged: set[str] = set()
-    for entry in moving:
+    for entry in (e for e in found if e.state == journal.MOVING):
         out = recover(staging_root, entry, temp_dir(staging_root))
         staged.update(a.sha256 for a in out.actions if a.placed)
         logger.warning(f"finished interrupted album {entry.album_dir} from the journal: {out.tracks} track(s) present"
