@@ -537,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "killed undo is finished by the next undo or run.\n" + DB_ENV)
     ud.add_argument("--scan", required=True, metavar="SCAN_ID",
                     help="the run's scan_id (in the sidecar, the row and the run's summary), with or without the "
-                         "scan_ prefix, or a scan DB file")
+                         "scan_ prefix, or a scan DB file (required)")
     ud.add_argument("--album", metavar="DIR", help="only this album: its directory relative to the staging root "
                                                    "(default: every album of the run)")
     ud.add_argument("--dry-run", action="store_true", help="show the plan, move nothing (default: off)")
