@@ -22,6 +22,7 @@ from melodee_pipeline.errors import UserError
 from melodee_pipeline.records import RecordResult, existing_rows, settle_undone
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
+from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir
 from melodee_pipeline.staging.stage import prepare_staging
 from melodee_pipeline.staging.unstage import (
     BACK, COPY, DROP, GONE, MOVE, REMOVE, TAKEN, WORK, ReturnFile, UndoOutcome, decide, extracted_cover,
@@ -106,6 +107,8 @@ def undo_scan(engine: sa.Engine | None, scan_db: str, staging_root: str, *, albu
     albums = _albums(conn, root, album)
     if not dry_run:
         prepare_staging(root, logger)  # a killed undo (or run) first finishes what it began
+        if inbound and os.path.isdir(inbound):
+            clear_temp_dir(inbound)  # half-written copies a killed undo left in inbound
         if engine is not None:
             _settle(engine, root, result)
     statuses = _row_statuses(engine, [os.path.join(root, a["staging_dir"]) for a in albums])
@@ -120,6 +123,8 @@ def undo_scan(engine: sa.Engine | None, scan_db: str, staging_root: str, *, albu
                 conn.commit()
     finally:
         conn.close()
+        if not dry_run and inbound:
+            remove_temp_dir(inbound)
     return result
 
 
