@@ -208,7 +208,8 @@ def cmd_process_scan(args) -> int:
     conn.close()
     print(f"files {info['files']}, valid {info['valid']}, invalid {info['invalid']}, skipped {info['skipped']}")
     verb = "would move" if args.dry_run else "moved"
-    print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}; files {verb} {s.files_moved}, "
+    print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}, "
+          f"with warnings for the reviewer {s.albums_with_warnings}; files {verb} {s.files_moved}, "
           f"duplicates (already staged) {s.already_staged}, renamed {s.renamed}, failed {s.files_failed}"
           + (f"; {s.recovered} interrupted album file(s) finished first" if s.recovered else "")
           + (" [dry run: nothing moved]" if args.dry_run else ""))
@@ -220,6 +221,28 @@ def cmd_process_scan(args) -> int:
         print(f"staging_items: {verb} {rows.inserted} new, {rows.updated} updated ({rows.reopened} reopened), "
               f"{rows.unchanged} unchanged, {rows.deleted_kept} deleted by the admin left deleted")
     return 0
+
+
+def cmd_undo(args) -> int:
+    from melodee_pipeline import cycle
+    from melodee_pipeline.db.engine import reported
+    from melodee_pipeline.lock import staging_lock
+    from melodee_pipeline.undo import find_scan_db, plan_lines, undo_scan
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    engine = _engine()
+    with reported(engine), engine.connect() as conn:
+        setup = cycle.setup_cycle(conn)
+    scan_db = find_scan_db(setup.settings.scan_db_data_path, args.scan)
+    with staging_lock(engine, f"undo (pid {os.getpid()})"):
+        result = undo_scan(engine, scan_db, setup.libraries.staging.path, album=args.album, dry_run=args.dry_run)
+    for line in plan_lines(result):
+        print(line)
+    rows = result.rows
+    print(f"scan {result.scan_id}: {len(result.albums)} album(s), {result.returned} file(s) "
+          + ("to return to inbound [dry run: nothing moved]" if args.dry_run else
+             f"returned to inbound; staging_items: {rows.updated} rewritten, {rows.removed} removed"))
+    return 1 if any(a.status == "refused" for a in result.albums) else 0
 
 
 @contextlib.contextmanager
@@ -502,6 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--rate-limit", type=_rate, metavar="N",
                     help="max file moves per second, 0 = unlimited (default: the staging_scan.rate_limit setting)")
     rn.set_defaults(fn=cmd_run)
+
+    ud = sub.add_parser("undo", help="return the files a run staged to inbound",
+                        description="Undo a staging run: every file it staged (music, cover art, rip files) goes "
+                                    "back to its inbound path, never over a file that is there now; sidecars and "
+                                    "staging_items rows follow. An album the admin approved, or that Melodee "
+                                    "promoted, is refused with the reason (exit 1). Takes the staging lock; a "
+                                    "killed undo is finished by the next undo or run.\n" + DB_ENV)
+    ud.add_argument("--scan", required=True, metavar="SCAN_ID",
+                    help="the run's scan_id (in the sidecar, the row and the run's summary), with or without the "
+                         "scan_ prefix, or a scan DB file (required)")
+    ud.add_argument("--album", metavar="DIR", help="only this album: its directory relative to the staging root "
+                                                   "(default: every album of the run)")
+    ud.add_argument("--dry-run", action="store_true", help="show the plan, move nothing (default: off)")
+    ud.set_defaults(fn=cmd_undo)
 
     sub.add_parser("demo", help="quickstart: sample albums through one run, in a sandbox",
                    description="Write sample albums into $MELODEE_HOME/demo and run staging_scan_job once on them, "

@@ -5,11 +5,12 @@ import dagster as dg
 from melodee_pipeline.orchestration.job import staging_scan_job
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
 from melodee_pipeline.orchestration.sensor import staging_scan_sensor
+from melodee_pipeline.orchestration.undo_job import undo_staging_job
 
 _database = MelodeeDatabase()
 
 defs = dg.Definitions(
-    jobs=[staging_scan_job],
+    jobs=[staging_scan_job, undo_staging_job],
     sensors=[staging_scan_sensor],
     resources={
         "database": _database,

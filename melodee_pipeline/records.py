@@ -42,6 +42,7 @@ class RecordResult:
     unchanged: int = 0
     deleted_kept: int = 0  # rows the admin deleted, left deleted (the album gained no tracks)
     gone: int = 0  # albums that left staging before their row was written
+    removed: int = 0  # rows deleted because an undo emptied their album
     refused: list[str] = field(default_factory=list)  # album dir: reason, per row Postgres refused
     unreadable: list[str] = field(default_factory=list)
 
@@ -91,9 +92,11 @@ def record_staging_items(engine: sa.Engine, staging_root: str, *, dry_run: bool 
     if dry_run:
         return result
     root = os.path.normpath(staging_root)
-    pending, result.unreadable = journal.entries(root, journal.STAGED)
+    found, result.unreadable = journal.entries(root)
+    pending = [e for e in found if e.state == journal.STAGED]
     faults.point("before_record")  # sidecars complete, rows not yet written
     try:
+        settle_undone(engine, root, [e for e in found if e.state == journal.UNDONE], result)
         for start in range(0, len(pending), BATCH):
             _record_batch(engine, root, pending[start:start + BATCH], result)
     except sa.exc.DBAPIError as exc:
@@ -134,6 +137,30 @@ def _record_batch(engine: sa.Engine, root: str, batch: list[journal.Entry], resu
     for entry in done:
         if os.path.join(root, entry.album_dir) not in refused:
             journal.remove(root, entry.album_dir)
+
+
+def settle_undone(engine: sa.Engine, root: str, entries: list[journal.Entry], result: RecordResult) -> None:
+    """Rows of albums an undo changed: rewritten from the sidecar that is left, or, when the
+    album directory is gone, deleted while still `pending_review` (a reviewed row is the
+    admin's record and stays). Each entry goes once its row is settled."""
+    for entry in entries:
+        album_dir = os.path.join(root, entry.album_dir)
+        try:
+            row = read_row(album_dir)
+        except FileNotFoundError:
+            row = None
+        except (OSError, ValueError) as exc:
+            result.unreadable.append(f"{album_dir}: {exc}")
+            continue
+        if row is not None:
+            if upsert_rows(engine, [row], result):
+                continue  # refused: the entry stays for the next run
+        else:
+            with engine.begin() as conn:
+                t = staging_items
+                gone = conn.execute(sa.delete(t).where(t.c.staging_path == album_dir, t.c.status == "pending_review"))
+            result.removed += gone.rowcount
+        journal.remove(root, entry.album_dir)
 
 
 def existing_rows(conn: sa.Connection, paths: list[str]) -> dict:

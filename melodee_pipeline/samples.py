@@ -82,3 +82,24 @@ def _write_m4a(path: str, seconds: float, seed: int) -> None:
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
+
+
+def png_bytes(seed: int = 0, size: int = 8) -> bytes:
+    """A real PNG image (one solid colour, varying by seed), so covers differ byte-wise."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rgb = bytes(((seed * 67) % 256, (seed * 131 + 40) % 256, (seed * 29 + 90) % 256))
+    rows = b"".join(b"\x00" + rgb * size for _ in range(size))  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def embed_cover(path: str, image: bytes) -> None:
+    """Embed `image` in the file's tags as its front cover."""
+    mf = mediafile.MediaFile(path)
+    mf.images = [mediafile.Image(image, desc="cover", type=mediafile.ImageType.front)]
+    mf.save()

@@ -12,6 +12,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from melodee_pipeline.scan.tags import sha256_file
+from melodee_pipeline.scan.walk import is_media
 
 SIDECAR = "album.melodee.json"
 
@@ -62,7 +63,7 @@ def converged(original_valid: Counter, original_invalid: Counter, inbound: Path,
         if SIDECAR in names:
             data = (Path(dirpath) / SIDECAR).read_bytes()
             listed = sorted(os.path.basename(t["file_path"]) for t in json.loads(data)["tracks"])
-            present = sorted(n for n in names if n != SIDECAR)
+            present = sorted(n for n in names if is_media(os.fsencode(n)))  # extras have no track entry
             if listed != present:
                 r.problems.append(f"sidecar of {dirpath} lists {listed}, directory holds {present}")
             album_dirs[dirpath] = hashlib.sha256(data).hexdigest()

@@ -163,7 +163,8 @@ def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, 
     summary = {
         "scan_id": run.scan_id, "inbound_path": run.inbound_path, "staging_path": run.staging_path,
         "scan_db": run.scan_db, "albums_total": stage.albums_total, "albums_success": stage.albums_success,
-        "albums_failed": stage.albums_failed, "files_skipped": run.files_skipped,
+        "albums_failed": stage.albums_failed, "albums_with_warnings": stage.albums_with_warnings,
+        "files_skipped": run.files_skipped,
         "duration": round(time.time() - run.started, 3), "dry_run": run.dry_run, "rate_limit": run.rate_limit,
     }
     context.log.info("staging scan summary " + json.dumps(summary))

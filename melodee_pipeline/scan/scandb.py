@@ -52,6 +52,16 @@ CREATE TABLE IF NOT EXISTS staged_files (
     file_id INTEGER PRIMARY KEY REFERENCES scanned_files(id),
     album_group_id TEXT, destination TEXT, action TEXT, error TEXT
 );
+-- The other files (cover art, rip logs, cue sheets) of folders that hold media, and where they went.
+CREATE TABLE IF NOT EXISTS scanned_extras (
+    id INTEGER PRIMARY KEY,
+    path_bytes BLOB NOT NULL UNIQUE, file_path TEXT NOT NULL, folder BLOB NOT NULL,
+    file_size INTEGER, file_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staged_extras (
+    extra_id INTEGER PRIMARY KEY REFERENCES scanned_extras(id),
+    album_group_id TEXT, destination TEXT, action TEXT, error TEXT
+);
 """
 
 PREFIX = "scan_"
@@ -62,6 +72,7 @@ ADDED_COLUMNS = {
     # The file's identity when scanned: a refused file with the same one is not read again.
     "mtime_ns": "INTEGER", "inode": "INTEGER", "ctime_ns": "INTEGER",
     "refused_since": "INTEGER",  # invalid files: Unix seconds when first refused unchanged
+    "track_total": "INTEGER",  # the total-tracks tag, for the reviewer's album checks
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from melodee_pipeline import faults
 from melodee_pipeline.parallel import batched, bounded_map, process_pool
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.refusals import Refusals
-from melodee_pipeline.scan.tags import ROW_COLUMNS, as_tuple, display_path, file_row, read_media_files
+from melodee_pipeline.scan.tags import ROW_COLUMNS, as_tuple, display_path, file_row, read_media_files, sha256_file
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
 BATCH = 500  # rows per SQLite transaction
@@ -78,6 +79,15 @@ def scan_inbound(
             (shown, skip.reason, skip.file_count),
         )
 
+    def on_extra(path: bytes, st) -> None:
+        """Cover art and rip files are few and small: hashed here, in this process."""
+        try:
+            digest = sha256_file(path)
+        except OSError:
+            return  # unreadable: it simply stays in inbound
+        conn.execute("INSERT OR REPLACE INTO scanned_extras(path_bytes, file_path, folder, file_size, file_hash) "
+                     "VALUES (?, ?, ?, ?, ?)", (path, display_path(path), os.path.dirname(path), st.st_size, digest))
+
     files = valid = unchanged = 0
     batch: list[tuple] = []
 
@@ -108,7 +118,7 @@ def scan_inbound(
                 unchanged += 1
                 add(as_tuple({**file_row(path, st), "validation_error": reason, "file_hash": file_hash}), since)
 
-    entries = to_read(walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip))
+    entries = to_read(walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip, on_extra))
     pool = process_pool(workers, ["melodee_pipeline.scan.tags"]) if workers > 1 else None
     try:
         tasks = batched(entries, TASK_FILES, TASK_BYTES, size=lambda item: item[1].st_size)

@@ -20,7 +20,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # C0 and C1 control characters, N
 ROW_COLUMNS = (
     "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
     "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
-    "sample_rate", "is_valid", "validation_error", "warnings", "mtime_ns", "inode", "ctime_ns",
+    "sample_rate", "is_valid", "validation_error", "warnings", "mtime_ns", "inode", "ctime_ns", "track_total",
 )
 TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error", "warnings")
 # Text is '' when absent (never NULL, as Go writes it); numbers are NULL when unknown.
@@ -102,6 +102,7 @@ def _read_tags(mf: mediafile.MediaFile, row: dict) -> float:
         duration=clean_number(length * 1000, "duration (ms)", AUDIO_MAX, warnings),
         bitrate=clean_number((get("bitrate") or 0) / 1000, "bitrate (kbps)", AUDIO_MAX, warnings),
         sample_rate=clean_number(get("samplerate"), "sample rate", AUDIO_MAX, warnings) or None,
+        track_total=clean_number(get("tracktotal"), "total tracks", TAG_MAX, warnings) or None,
         warnings="; ".join(warnings),
     )
     return length

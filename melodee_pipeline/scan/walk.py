@@ -1,4 +1,5 @@
-"""Walk the inbound tree: media files only, symlinks never followed, busy folders skipped."""
+"""Walk the inbound tree: media files, and the other files beside them (cover art, rip logs, cue
+sheets), symlinks never followed, busy folders skipped."""
 
 from __future__ import annotations
 
@@ -24,13 +25,17 @@ class Skip:
 
 
 def walk_inbound(
-    root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None]
+    root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None],
+    on_extra: Callable[[bytes, os.stat_result], None] | None = None,
 ) -> Iterator[tuple[bytes, os.stat_result]]:
     """Yield (path, stat) of media files, paths as bytes so any file name works, in a stable order.
     The stat is passed on: the scan needs it, and a second one per file would only cost time.
 
     A directory holding any file modified less than `min_file_age_seconds` ago is still being
     copied in; its files are skipped whole and reported through `on_skip`.
+
+    `on_extra` gets the other regular files of each folder that holds media (hidden files aside:
+    `.DS_Store` and the like are no part of an album), so they can travel with their album.
     """
     stack = [os.fsencode(root)]
     while stack:
@@ -41,7 +46,7 @@ def walk_inbound(
         except OSError as exc:
             on_skip(Skip(directory, f"cannot list directory: {exc.strerror}", 0))
             continue
-        media, young = [], False
+        media, others, young = [], [], False
         subdirs = []
         for entry in entries:
             try:
@@ -57,6 +62,8 @@ def walk_inbound(
                         young = True
                     if is_media(entry.name):
                         media.append((entry.path, st))
+                    elif not entry.name.startswith(b"."):
+                        others.append((entry.path, st))
             except OSError as exc:
                 on_skip(Skip(entry.path, f"cannot stat: {exc.strerror}", 1))
         stack.extend(reversed(subdirs))
@@ -64,4 +71,7 @@ def walk_inbound(
             if media:
                 on_skip(Skip(directory, f"modified less than {min_file_age_seconds}s ago (still being copied?)", len(media)))
             continue
+        if media and on_extra is not None:
+            for path, st in others:
+                on_extra(path, st)
         yield from media

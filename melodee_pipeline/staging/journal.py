@@ -6,6 +6,11 @@ An entry moves through two states:
           staging lock) finishes it from the entry alone, whatever inbound holds by then.
   staged  the sidecar is final; its `staging_items` row is not committed yet. These entries are
           the record step's work list; each is removed once its row is committed.
+An undo (unstage.py) uses two more:
+  undoing the files going back to inbound and how each goes, chosen before the first one moves;
+          the next run or undo finishes it from the entry alone.
+  undone  the files are back and the sidecar rewritten (or gone); the album's row is not
+          settled yet. Removed once the row is rewritten or deleted.
 So a run reads the journal (the albums a crash or an outage left behind), never the whole
 staging tree, and a crash at any point leaves an entry that says what to finish.
 """
@@ -22,6 +27,7 @@ from melodee_pipeline.staging.moves import fsync_dir, temp_dir
 
 JOURNAL_DIR = ".melodee-journal"
 MOVING, STAGED = "moving", "staged"
+UNDOING, UNDONE = "undoing", "undone"  # an undo's two states (unstage.py)
 
 
 @dataclass
@@ -30,7 +36,8 @@ class JournalFile:
     name: str  # file name inside the album directory
     sha256: str
     size: int
-    track: dict  # the sidecar track entry
+    track: dict | None  # the sidecar track entry; None for an extra (cover art, rip log…)
+    action: str = ""  # undo only: how the file goes back (unstage.py)
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Entry:
     # The album gained tracks: a new review, so a row the admin deleted comes back. An entry
     # without new tracks only refreshes a row that still exists.
     gained: bool = False
+    inbound: str = ""  # undo only: the inbound root, where files go back to
 
 
 def journal_dir(staging_root: str) -> str:

@@ -23,7 +23,7 @@ _VARIOUS = {"various artists", "various", "va", "v.a."}
 
 FILE_COLUMNS = (
     "id, path_bytes, file_path, file_hash, file_size, artist, album_artist, album, title, track_number, "
-    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id, warnings"
+    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id, warnings, track_total"
 )
 
 
@@ -38,6 +38,8 @@ class Album:
     code: str
     rel_dir: str = ""  # relative to the staging root
     files: list[sqlite3.Row] = field(default_factory=list)
+    extras: list[sqlite3.Row] = field(default_factory=list)  # scanned_extras rows that travel with it
+    notes: list[str] = field(default_factory=list)  # extras that stay in inbound, and why
 
 
 def _most_common(values: list[str]) -> str:

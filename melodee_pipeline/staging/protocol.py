@@ -1,8 +1,10 @@
 """The staging protocol for one album, as named steps (docs/design.md, "The staging protocol").
 
-  1. plan     choose each file's name in the album directory; nothing is written
+  1. plan     choose each file's name in the album directory, the extras' too (extras.py);
+              nothing is written
   2. journal  persist the plan (sticky destinations) before the first move
-  3. move     place every file, fsync the album directory once, then unlink the sources
+  3. move     place every track, then the extras of folders whose tracks are all in place, fsync
+              the album directory once, then unlink the sources
   4. finish   rewrite the sidecar to list exactly the tracks present; the journal entry becomes
               the record step's "pending row"
   5. classify staged / unchanged / partial / failed
@@ -12,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 from melodee_pipeline import faults
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.staging import journal
-from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.albumdir import write_sidecar
+from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
     DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
 )
@@ -45,8 +47,8 @@ class FileAction:
     action: str
     sha256: str
     size: int
-    track: dict
-    file_id: int | None = None
+    track: dict | None  # the sidecar entry; None for an extra (cover art, rip log…)
+    file_id: int | None = None  # scanned_files.id, or scanned_extras.id for an extra
     error: str | None = None
     placed: bool = False  # the destination holds the bytes (moved now, or already there)
 
@@ -56,8 +58,10 @@ class AlbumOutcome:
     album_dir: str  # relative to the staging root
     status: str = "planned"
     error: str | None = None
-    actions: list[FileAction] = field(default_factory=list)
+    actions: list[FileAction] = field(default_factory=list)  # the tracks
+    extras: list[FileAction] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # the album checks for the reviewer (validation.py)
     tracks: int = 0
     total_size: int = 0
     pending_row: bool = False  # a journal entry awaits the record step
@@ -120,6 +124,9 @@ def track_entry(rel_dir: str, f: sqlite3.Row, name: str) -> dict:
         "sample_rate": f["sample_rate"] or 0,
         "checksum": f["file_hash"],
         "original_path": f["file_path"],
+        # For the reviewer's album checks (validation.py); Melodee ignores keys it does not know.
+        "track_total": f["track_total"] or 0,
+        "album_artist": f["album_artist"] or f["artist"],
     }
 
 
@@ -129,20 +136,27 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
     album_dir = os.path.join(root, album.rel_dir)
     ensure_inside(root, album_dir)
     present, taken = _listing(album_dir), {}
-    for f in album.files:
+
+    def planned(f: sqlite3.Row, wanted: str) -> FileAction | None:
         if f["file_hash"] in recovered and not os.path.lexists(f["path_bytes"]):
-            continue
-        wanted = track_file_name(f["title"], f["track_number"], f["disc_number"], os.path.splitext(f["file_path"])[1])
+            return None
         name, action = resolve_name(album_dir, wanted, f["file_hash"], taken, present)
-        out.actions.append(FileAction(f["path_bytes"], name, action, f["file_hash"], f["file_size"] or 0,
-                                      track_entry(album.rel_dir, f, name), file_id=f["id"]))
         if action == RENAME:
             blocker = os.path.join(album_dir, present.get(wanted.casefold(), wanted))
             why = "a symlink or other non-regular file" if os.path.lexists(blocker) and not _is_regular(blocker) \
                 else "a different file"
             out.warnings.append(f"{f['file_path']} staged as {name}: {why} already had its name")
-        if f["warnings"]:  # tags the scan had to drop (out-of-range numbers, control characters)
-            out.warnings.append(f"{name}: {f['warnings']}")
+        return FileAction(bytes(f["path_bytes"]), name, action, f["file_hash"], f["file_size"] or 0, None, file_id=f["id"])
+
+    for f in album.files:
+        ext = os.path.splitext(f["file_path"])[1]
+        if a := planned(f, track_file_name(f["title"], f["track_number"], f["disc_number"], ext)):
+            a.track = track_entry(album.rel_dir, f, a.name)
+            out.actions.append(a)
+            if f["warnings"]:  # tags the scan had to drop (out-of-range numbers, control characters)
+                out.warnings.append(f"{a.name}: {f['warnings']}")
+    out.extras = [a for x in album.extras if (a := planned(x, extra_name(x["path_bytes"])))]
+    out.warnings.extend(album.notes)
     return out
 
 
@@ -156,11 +170,11 @@ def album_info(album: Album) -> dict:
 def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior: journal.Entry | None) -> None:
     """Persist the plan before the first move (nothing to do when nothing will move). A pending
     row an earlier run left for this album keeps its `gained`."""
-    if not any(a.action in (MOVE, RENAME) for a in out.actions):
+    if not any(a.action in (MOVE, RENAME) for a in out.actions + out.extras):
         return
     entry = journal.Entry(
         out.album_dir, journal.MOVING, scan_id, info,
-        [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track) for a in out.actions],
+        [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track) for a in out.actions + out.extras],
         list(out.warnings), gained=bool(prior and prior.gained),
     )
     journal.write(root, entry)
@@ -184,25 +198,31 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _moving(actions: list[FileAction]) -> list[FileAction]:
+    return [a for a in actions if a.action in (MOVE, RENAME) and not a.error]
+
+
+def _hold_back_extras(out: AlbumOutcome) -> None:
+    """An extra follows its folder's music: if a track of that folder is not in place, the
+    folder's extras stay in inbound with it."""
+    stuck = {os.path.dirname(a.source) for a in out.actions if a.error}
+    for a in out.extras:
+        if not a.error and os.path.dirname(a.source) in stuck:
+            a.error = "left in inbound: a track of its folder was not staged"
+
+
 def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter | None = None) -> None:
     album_dir = os.path.join(root, out.album_dir)
-    moving = [a for a in out.actions if a.action in (MOVE, RENAME) and not a.error]
-    if moving:
+    moving = _moving(out.actions)
+    if moving or _moving(out.extras):
         makedirs_durable(album_dir, root)
         ensure_inside(root, album_dir)
-        _check_space(root, album_dir, moving)
+        _check_space(root, album_dir, moving + _moving(out.extras))
     try:
-        for a in moving:
-            if limiter:
-                limiter.wait()
-            try:
-                place(a.source, os.path.join(album_dir, a.name), a.sha256, tmp_dir)
-                a.placed = True
-            except OSError as exc:
-                if exc.errno in DISK_FULL:
-                    raise
-                a.error = f"move failed: {exc.strerror or exc}"
-            faults.point("after_place")
+        _place_all(album_dir, moving, tmp_dir, limiter)
+        _hold_back_extras(out)
+        moving += _moving(out.extras)
+        _place_all(album_dir, _moving(out.extras), tmp_dir, limiter)
     except OSError as exc:
         _roll_back(album_dir, moving)
         raise StagingFull(f"staging filesystem {root} is full while staging {out.album_dir} "
@@ -211,7 +231,7 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
     if any(a.placed for a in moving):
         fsync_dir(album_dir)  # every new name is durable before any source goes
     faults.point("before_unlink_sources")
-    for a in out.actions:
+    for a in out.actions + out.extras:
         if a.error:
             continue
         if a.placed:
@@ -224,6 +244,22 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
             faults.point("after_unlink")
         elif a.action == ALREADY:
             _settle_already(album_dir, a, out)
+    out.warnings.extend(f"{os.fsdecode(a.source)}: {a.error}" for a in out.extras if a.error)
+
+
+def _place_all(album_dir: str, moving: list[FileAction], tmp_dir: str, limiter: RateLimiter | None) -> None:
+    """Give each file its new name; the sources stay. A full disk stops the album (the caller rolls back)."""
+    for a in moving:
+        if limiter:
+            limiter.wait()
+        try:
+            place(a.source, os.path.join(album_dir, a.name), a.sha256, tmp_dir)
+            a.placed = True
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise
+            a.error = f"move failed: {exc.strerror or exc}"
+        faults.point("after_place")
 
 
 def _settle_already(album_dir: str, a: FileAction, out: AlbumOutcome) -> None:
@@ -251,65 +287,23 @@ def _roll_back(album_dir: str, moving: list[FileAction]) -> None:
 
 # 4. finish
 
-def _is_regular(path: str) -> bool:
-    try:
-        return os.path.isfile(path) and not os.path.islink(path)
-    except OSError:
-        return False
-
-
-def _fingerprint(sidecar: dict) -> str:
-    """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
-    return json.dumps([sidecar["tracks"], sidecar.get("validation")])
-
-
 def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir: str, prior: journal.Entry | None) -> None:
     """Sidecar lists exactly the tracks present; an album with none keeps no sidecar and gets no
     row. A changed sidecar leaves a `staged` journal entry, the record step's work list."""
-    album_dir = os.path.join(root, out.album_dir)
     faults.point("before_sidecar")
-    changed, gained = _write_sidecar(root, album_dir, out, scan_id, info, tmp_dir)
-    if changed or (prior is not None and prior.state == journal.STAGED):
+    written = write_sidecar(
+        root, os.path.join(root, out.album_dir), scan_id, info, tmp_dir,
+        placed=[a.track for a in out.actions if a.placed and a.track], warnings=out.warnings,
+        errors=[f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error],
+        extract=any(a.placed for a in out.actions + out.extras),
+    )
+    out.tracks, out.total_size, out.checks = written.tracks, written.total_size, written.checks
+    if written.changed or (prior is not None and prior.state in (journal.STAGED, journal.UNDONE)):
         journal.write(root, journal.Entry(out.album_dir, journal.STAGED, scan_id, info,
-                                          gained=gained or bool(prior and prior.gained)))
+                                          gained=written.gained or bool(prior and prior.gained)))
         out.pending_row = True
     else:
         journal.remove(root, out.album_dir)
-
-
-def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir: str) -> tuple[bool, bool]:
-    if not os.path.isdir(album_dir):
-        return False, False
-    ensure_inside(root, album_dir)
-    existing = sc.read(album_dir)
-    doc = existing or sc.new_sidecar(scan_id, **info)
-    before = _fingerprint(doc) if existing else None
-    doc["tracks"] = [t for t in doc.get("tracks") or [] if _is_regular(os.path.join(root, t.get("file_path") or ""))]
-    added = sc.merge_tracks(doc, [a.track for a in out.actions if a.placed])
-    if not doc["tracks"]:
-        # Nothing of this album is here (every move failed, or its files left): no phantom album.
-        if existing:
-            os.unlink(os.path.join(album_dir, sc.SIDECAR_NAME))
-        _remove_empty_dirs(root, album_dir)
-        return existing is not None, False
-    sc.add_warnings(doc, out.warnings, [f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error])
-    out.tracks = len(doc["tracks"])
-    out.total_size = sum(int(t.get("file_size") or 0) for t in doc["tracks"])
-    if _fingerprint(doc) == before:
-        return False, False
-    sc.stamp(doc, scan_id)
-    sc.write_atomic(album_dir, doc, tmp_dir)
-    return True, added > 0
-
-
-def _remove_empty_dirs(root: str, album_dir: str) -> None:
-    d = album_dir
-    while d != root and d.startswith(root + os.sep):
-        try:
-            os.rmdir(d)
-        except OSError:
-            return
-        d = os.path.dirname(d)
 
 
 # 5. classify
@@ -373,18 +367,23 @@ def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:
     ends in its sticky destination or stays in inbound; the sidecar lists exactly what is there."""
     out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings))
     album_dir = os.path.join(root, entry.album_dir)
-    for jf in entry.files:
+    stuck: set[bytes] = set()  # folders with a track that stays in inbound: their extras stay too
+    for jf in sorted(entry.files, key=lambda f: f.track is None):  # tracks first
         a = FileAction(os.fsencode(jf.source), jf.name, MOVE, jf.sha256, jf.size, jf.track)
         dest = os.path.join(album_dir, jf.name)
         if regular_file_sha256(dest) == jf.sha256:
             a.action = ALREADY
         elif os.path.lexists(dest):
-            out.warnings.append(f"{jf.source}: {jf.name} now holds other content; left in inbound")
-            continue
+            a.error = f"{jf.name} now holds other content; left in inbound"
         elif regular_file_sha256(a.source) != jf.sha256:
-            out.warnings.append(f"{jf.source} vanished or changed since the interrupted run; not staged")
+            a.error = "vanished or changed since the interrupted run; not staged"
+        elif jf.track is None and os.path.dirname(a.source) in stuck:
+            a.error = "left in inbound: a track of its folder was not staged"
+        if a.error and jf.track is not None:
+            out.warnings.append(f"{jf.source}: {a.error}")
+            stuck.add(os.path.dirname(a.source))
             continue
-        out.actions.append(a)
+        (out.actions if jf.track is not None else out.extras).append(a)
     move_files(root, out, tmp_dir)
     finish_album(root, out, entry.scan_id, entry.album, tmp_dir, journal.Entry(
         entry.album_dir, journal.STAGED, entry.scan_id, entry.album, gained=True) if out.actions else None)

@@ -17,10 +17,12 @@ from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.parallel import bounded_map, thread_pool
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
+from melodee_pipeline.staging.extras import FolderExtras
 from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir, temp_dir
 from melodee_pipeline.staging.plan import DirectoryClaims, iter_albums
 from melodee_pipeline.staging.protocol import ALREADY, RENAME, AlbumOutcome, AlbumStager, recover
 from melodee_pipeline.staging.ratelimit import RateLimiter
+from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ class StageResult:
     recovered: int  # interrupted albums finished from the journal first
     pending_rows: int  # albums whose staging_items row the record step must write
     seconds: float
+    albums_with_warnings: int = 0  # for the reviewer: album checks or per-file warnings
+    extras_moved: int = 0  # cover art, rip logs… that travelled with their album
 
 
 def prepare_staging(staging_root: str, logger: logging.Logger) -> set[str]:
@@ -56,11 +60,17 @@ def prepare_staging(staging_root: str, logger: logging.Logger) -> set[str]:
 
 
 def recover_interrupted(staging_root: str, logger: logging.Logger) -> set[str]:
-    moving, problems = journal.entries(staging_root, journal.MOVING)
+    """Albums a killed run left half-moved, and albums a killed undo left half-returned."""
+    found, problems = journal.entries(staging_root)
     for problem in problems:
         logger.warning(problem)
+    for entry in (e for e in found if e.state == journal.UNDOING):
+        undone = finish_undo(staging_root, entry)
+        logger.warning(f"finished interrupted undo of {entry.album_dir} from the journal: "
+                       f"{undone.count(MOVE, COPY)} file(s) returned to inbound"
+                       + (f"; {'; '.join(undone.problems)}" if undone.problems else ""))
     staged: set[str] = set()
-    for entry in moving:
+    for entry in (e for e in found if e.state == journal.MOVING):
         out = recover(staging_root, entry, temp_dir(staging_root))
         staged.update(a.sha256 for a in out.actions if a.placed)
         logger.warning(f"finished interrupted album {entry.album_dir} from the journal: {out.tracks} track(s) present"
@@ -74,12 +84,13 @@ def _record(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) -> None:
         "INSERT OR REPLACE INTO albums(album_group_id, artist, album, year, staging_dir, status, error, tracks, moved, "
         "already_staged, failed, renamed, total_size, warnings, dry_run) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (a.group_id, a.artist, a.album, a.year, out.album_dir, out.status, out.error, out.tracks, out.moved,
-         out.count(ALREADY), out.failed, out.count(RENAME), out.total_size, "\n".join(out.warnings) or None, int(dry_run)),
+         out.count(ALREADY), out.failed, out.count(RENAME), out.total_size, "\n".join(out.warnings + out.checks) or None, int(dry_run)),
     )
-    conn.executemany(
-        "INSERT OR REPLACE INTO staged_files(file_id, album_group_id, destination, action, error) VALUES (?,?,?,?,?)",
-        [(x.file_id, a.group_id, os.path.join(out.album_dir, x.name), x.action, x.error) for x in out.actions],
-    )
+    for table, key, actions in (("staged_files", "file_id", out.actions), ("staged_extras", "extra_id", out.extras)):
+        conn.executemany(
+            f"INSERT OR REPLACE INTO {table}({key}, album_group_id, destination, action, error) VALUES (?,?,?,?,?)",
+            [(x.file_id, a.group_id, os.path.join(out.album_dir, x.name), x.action, x.error) for x in actions],
+        )
 
 
 def _remove_empty_dirs(directories: set[bytes], inbound: bytes) -> None:
@@ -113,15 +124,16 @@ def stage_albums(
             raise UserError(f"staging path {staging_root} does not exist or is not a directory")
     else:
         recovered = prepare_staging(staging_root, logger)
-    claims = DirectoryClaims(staging_root)
+    claims, extras = DirectoryClaims(staging_root), FolderExtras(conn)
     stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered)
 
     def planned():
         for album in iter_albums(conn.cursor()):
             claims.assign(album)
+            extras.assign(album)
             yield album
 
-    totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0)
+    totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
     failures: dict[str, int] = {}
     emptied: set[bytes] = set()
     pool = thread_pool(workers) if workers > 1 else None
@@ -136,7 +148,9 @@ def stage_albums(
             totals["renamed"] += out.count(RENAME)
             totals["files_failed"] += out.failed
             totals["pending"] += out.pending_row
-            emptied.update(os.path.dirname(a.source) for a in out.actions if a.placed)
+            totals["warned"] += bool(out.warnings or out.checks)
+            totals["extras"] += sum(1 for x in out.extras if x.placed and x.action != ALREADY)
+            emptied.update(os.path.dirname(a.source) for a in out.actions + out.extras if a.placed)
             if bad:
                 reason = out.status if out.status != "failed" else (out.error or "failed").split(":")[0]
                 failures[reason] = failures.get(reason, 0) + 1
@@ -155,7 +169,8 @@ def stage_albums(
             _remove_empty_dirs(emptied, os.fsencode(os.path.normpath(inbound)))
     seconds = time.monotonic() - started
     result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
-                         totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds)
+                         totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds,
+                         totals["warned"], totals["extras"])
     scandb.set_info(conn, staging_path=staging_root, dry_run=int(dry_run), staged=1, stage_seconds=f"{seconds:.3f}")
     conn.commit()
     conn.close()

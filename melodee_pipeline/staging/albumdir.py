@@ -1,0 +1,93 @@
+"""An album directory's sidecar, written to match what the directory holds (docs/design.md, "The
+staging protocol", step 4). Staging and undo both end an album here: the sidecar lists exactly
+the tracks present, its image count and album checks are recomputed, and a directory left with
+no track keeps no sidecar (no phantom album, no row).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.extras import extract_cover
+from melodee_pipeline.staging.paths import ensure_inside
+from melodee_pipeline.staging.validation import album_warnings, is_album_warning, is_image
+
+
+@dataclass
+class Written:
+    changed: bool = False  # the sidecar was rewritten or removed
+    gained: bool = False  # tracks were added: a new review
+    tracks: int = 0
+    total_size: int = 0
+    checks: list[str] = field(default_factory=list)
+
+
+def is_regular(path: str) -> bool:
+    try:
+        return os.path.isfile(path) and not os.path.islink(path)
+    except OSError:
+        return False
+
+
+def _fingerprint(sidecar: dict) -> str:
+    """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
+    return json.dumps([sidecar["tracks"], sidecar.get("validation"), sidecar.get("album")])
+
+
+def write_sidecar(root: str, album_dir: str, scan_id: str, info: dict, tmp_dir: str, *, placed: list[dict] = (),
+                  warnings: list[str] = (), errors: list[str] = (), extract: bool = False) -> Written:
+    """`placed`: track entries now in the directory; `extract`: files arrived, so an album still
+    without an image gets its embedded cover. A new sidecar is built from `info`."""
+    if not os.path.isdir(album_dir):
+        return Written()
+    ensure_inside(root, album_dir)
+    existing = sc.read(album_dir)
+    doc = existing or sc.new_sidecar(scan_id, **info)
+    before = _fingerprint(doc) if existing else None
+    doc["tracks"] = [t for t in doc.get("tracks") or [] if is_regular(os.path.join(root, t.get("file_path") or ""))]
+    added = sc.merge_tracks(doc, list(placed))
+    if not doc["tracks"]:
+        # Nothing of this album is here (every move failed, or its files left): no phantom album.
+        if existing:
+            os.unlink(os.path.join(album_dir, sc.SIDECAR_NAME))
+        remove_empty_dirs(root, album_dir)
+        return Written(changed=existing is not None)
+    sc.add_warnings(doc, list(warnings), list(errors))
+    if extract:
+        extract_cover(root, album_dir, doc, scan_id, tmp_dir)
+    written = Written(gained=added > 0, tracks=len(doc["tracks"]), checks=refresh_checks(album_dir, doc),
+                      total_size=sum(int(t.get("file_size") or 0) for t in doc["tracks"]))
+    if _fingerprint(doc) != before:
+        sc.stamp(doc, scan_id)
+        sc.write_atomic(album_dir, doc, tmp_dir)
+        written.changed = True
+    return written
+
+
+def refresh_checks(album_dir: str, doc: dict) -> list[str]:
+    """The album facts recomputed from what the directory holds: its images (and whether the
+    cover taken from the tags is still there) and the album checks, which replace the previous
+    run's instead of piling up."""
+    names = [n for n in os.listdir(album_dir) if is_regular(os.path.join(album_dir, n))]
+    extracted = doc["album"].get("cover_from_tags")
+    if extracted and extracted.get("file") not in names:
+        del doc["album"]["cover_from_tags"]
+    images = sum(1 for n in names if is_image(n))
+    doc["album"]["image_count"] = images
+    checks = album_warnings(doc["tracks"], doc["album"], images)
+    v = doc.setdefault("validation", {"is_valid": True, "errors": [], "warnings": []})
+    v["warnings"] = [w for w in v.get("warnings") or [] if not is_album_warning(w)] + checks
+    return checks
+
+
+def remove_empty_dirs(root: str, album_dir: str) -> None:
+    d = album_dir
+    while d != root and d.startswith(root + os.sep):
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+        d = os.path.dirname(d)

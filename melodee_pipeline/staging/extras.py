@@ -1,0 +1,96 @@
+"""Extras: the cover art, rip logs, cue sheets… beside an album's music (docs/design.md, "Extras").
+
+A folder's extras travel with its music only when every media file of that folder belongs to one
+album: a folder whose music goes to several albums, or holds a file the scan refused, keeps them
+(the album's sidecar says so). Extras move through the album's own protocol steps (journaled
+with sticky names before the first move, never overwriting, identical bytes deduplicated), after
+the folder's music is in place. They are files without a sidecar track entry.
+
+An album left without any image gets `cover.<ext>` from the front cover embedded in its first
+track, recorded in the sidecar (`album.cover_from_tags`) so an undo knows it came from no inbound file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import uuid
+from collections import defaultdict
+
+import mediafile
+
+from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.moves import fsync_dir
+from melodee_pipeline.staging.paths import sanitize_component
+from melodee_pipeline.staging.plan import Album
+from melodee_pipeline.staging.validation import is_image
+
+MIME_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp", "image/bmp": ".bmp"}
+REFUSED = ""  # owner of a media file the scan refused: it stays in inbound
+
+
+class FolderExtras:
+    """Which album, if any, each folder's extras go to; built once per staging run from the scan DB."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.by_folder: dict[bytes, list[sqlite3.Row]] = defaultdict(list)
+        for row in conn.execute("SELECT id, path_bytes, file_path, folder, file_size, file_hash FROM scanned_extras ORDER BY path_bytes"):
+            self.by_folder[bytes(row["folder"])].append(row)
+        self.owners: dict[bytes, set[str]] = defaultdict(set)
+        if self.by_folder:
+            for path, valid, group in conn.execute("SELECT path_bytes, is_valid, album_group_id FROM scanned_files"):
+                folder = os.path.dirname(bytes(path))
+                if folder in self.by_folder:
+                    self.owners[folder].add(group if valid and group else REFUSED)
+
+    def assign(self, album: Album) -> None:
+        """Give `album` the extras of its folders that hold its music alone; note the others."""
+        for folder in sorted({os.path.dirname(bytes(f["path_bytes"])) for f in album.files}):
+            rows = self.by_folder.get(folder)
+            if not rows:
+                continue
+            shown = os.fsdecode(folder)
+            if self.owners[folder] == {album.group_id}:
+                album.extras.extend(r for r in rows if extra_name(r["path_bytes"]).casefold() != sc.SIDECAR_NAME)
+            elif REFUSED in self.owners[folder]:
+                album.notes.append(f"{len(rows)} other file(s) stay in {shown}: it holds music that was not staged")
+            else:
+                album.notes.append(f"{len(rows)} other file(s) stay in {shown}: its music went to several albums")
+
+
+def extra_name(path: bytes) -> str:
+    """The extra's own name, made safe for every client like a tag-derived one."""
+    return sanitize_component(os.fsdecode(os.path.basename(bytes(path))))
+
+
+def extract_cover(root: str, album_dir: str, doc: dict, scan_id: str, tmp_dir: str) -> str | None:
+    """Write the first track's embedded front cover as `cover.<ext>` when the album directory
+    holds no image; never over an existing name. Returns the name written."""
+    if any(is_image(n) for n in os.listdir(album_dir)) or not doc["tracks"]:
+        return None
+    first = min(doc["tracks"], key=lambda t: (int(t.get("disc_number") or 1), int(t.get("track_number") or 0)))
+    try:
+        images = mediafile.MediaFile(os.path.join(root, first["file_path"])).images or []
+    except Exception:  # unreadable tags are no reason to fail the album: it simply has no cover
+        return None
+    image = next((i for i in images if i.type == mediafile.ImageType.front), images[0] if images else None)
+    ext = MIME_EXTENSIONS.get(getattr(image, "mime_type", None) or "")
+    if image is None or not ext or not image.data:
+        return None
+    name = "cover" + ext
+    tmp = os.path.join(tmp_dir, f"cover-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(image.data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, os.path.join(album_dir, name))  # a link never replaces a file
+    except FileExistsError:
+        return None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(album_dir)
+    doc["album"]["cover_from_tags"] = {"file": name, "checksum": hashlib.sha256(image.data).hexdigest(), "scan_id": scan_id}
+    return name

@@ -1,0 +1,169 @@
+"""Extras (cover art, rip logs, cue sheets) travel with their album; embedded art becomes a cover
+file. Real audio, real PNG images, real moves; a SIGKILL mid-album converges on the next run."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from melodee_pipeline.grouping import group_albums
+from melodee_pipeline.samples import embed_cover, png_bytes
+from melodee_pipeline.scan.scanner import scan_inbound
+from melodee_pipeline.staging.stage import stage_albums
+from melodee_pipeline_tests.conftest import album, snapshot, tree
+from melodee_pipeline_tests.invariants import lost
+
+LOG = "Exact Audio Copy V1.6 from 23. October 2020\r\n\r\nEAC extraction logfile from 1. May 2021\r\n".encode("utf-16")
+CUE = b'PERFORMER "Band"\nTITLE "Record"\nFILE "Record.flac" WAVE\n  TRACK 01 AUDIO\n    INDEX 01 00:00:00\n'
+
+
+def run(dirs) -> tuple[str, object]:
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    return scan.scan_db, stage_albums(scan.scan_db, str(dirs["staging"]), workers=2)
+
+
+def sidecar(d: Path) -> dict:
+    return json.loads((d / "album.melodee.json").read_text())
+
+
+def rip(folder: Path, seed: int = 0) -> dict[str, bytes]:
+    extras = {"cover.png": png_bytes(seed), "folder.png": png_bytes(seed + 1), "Record.log": LOG, "Record.cue": CUE,
+              "info.nfo": b"ripped with care\n"}
+    for name, data in extras.items():
+        (folder / name).write_bytes(data)
+    return extras
+
+
+def without_sidecars(files: dict[str, str]) -> list[str]:
+    """The music and extras: sidecars and the journal (rows still to record, no database here) aside."""
+    return sorted(v for k, v in files.items() if not k.endswith("album.melodee.json") and ".melodee-journal" not in k)
+
+
+def test_a_ripped_folder_arrives_complete_and_inbound_is_left_empty(dirs):
+    tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+    extras = rip(tracks[0].parent)
+    (tracks[0].parent / ".DS_Store").write_bytes(b"finder junk")  # hidden: no part of the album
+    before = snapshot(dirs["inbound"])
+    scan_db, staged = run(dirs)
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == sorted(["01 - One.flac", "02 - Two.flac", "album.melodee.json", *extras])
+    assert all((target / n).read_bytes() == data for n, data in extras.items())
+    assert tree(dirs["inbound"]) == {"Band - Record": -1, "Band - Record/.DS_Store": 11}
+    doc = sidecar(target)
+    assert [os.path.basename(t["file_path"]) for t in doc["tracks"]] == ["01 - One.flac", "02 - Two.flac"]
+    assert doc["album"]["image_count"] == 2 and doc["validation"]["warnings"] == []
+    assert staged.extras_moved == 5 and staged.files_moved == 2
+    assert without_sidecars(snapshot(dirs["inbound"], dirs["staging"])) == sorted([*before.values()])
+    recorded = sqlite3.connect(scan_db).execute("SELECT destination, action FROM staged_extras ORDER BY destination").fetchall()
+    assert recorded == [(f"BAN/Band/2001 - Record/{n}", "move") for n in sorted(extras)]
+    # Without the hidden file the folder empties and goes.
+    (tracks[0].parent / ".DS_Store").unlink()
+    album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac", folder="again")
+    rip(dirs["inbound"] / "again")
+    run(dirs)
+    assert tree(dirs["inbound"]) == {"Band - Record": -1}
+
+
+def test_extras_never_overwrite_identical_ones_are_deduplicated(dirs):
+    """Two disc folders, each with its own cover: the different one gets ` (2)`, the same log once."""
+    cd1 = album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".flac", folder="Record/CD1", disc=1)[0].parent
+    cd2 = album(dirs["inbound"], "Band", "Record", 2001, ["Two"], ".flac", folder="Record/CD2", disc=2, seed=5)[0].parent
+    (cd1 / "cover.png").write_bytes(png_bytes(1))
+    (cd2 / "cover.png").write_bytes(png_bytes(2))
+    (cd1 / "Record.log").write_bytes(LOG)
+    (cd2 / "Record.log").write_bytes(LOG)
+    before = snapshot(dirs["inbound"])
+    run(dirs)
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == ["01 - One.flac", "2-01 - Two.flac", "Record.log", "album.melodee.json",
+                                          "cover (2).png", "cover.png"]
+    assert {(target / "cover.png").read_bytes(), (target / "cover (2).png").read_bytes()} == {png_bytes(1), png_bytes(2)}
+    doc = sidecar(target)
+    assert doc["album"]["image_count"] == 2
+    assert any("staged as cover (2).png" in w for w in doc["validation"]["warnings"])
+    assert tree(dirs["inbound"]) == {}
+    after = Counter(without_sidecars(snapshot(dirs["staging"])))
+    assert set(after) == set(before.values()) and after[hashlib.sha256(LOG).hexdigest()] == 1
+
+
+def test_a_folder_shared_by_two_albums_keeps_its_extras_and_the_sidecars_say_so(dirs):
+    album(dirs["inbound"], "Band", "First", 2001, ["One"], ".mp3", folder="mixed", seed=1)
+    album(dirs["inbound"], "Band", "Second", 2002, ["Two"], ".mp3", folder="mixed", seed=2)
+    (dirs["inbound"] / "mixed" / "cover.png").write_bytes(png_bytes(1))
+    (dirs["inbound"] / "mixed" / "notes.txt").write_bytes(b"two albums in one folder")
+    _, staged = run(dirs)
+    assert staged.albums_success == 2 and staged.extras_moved == 0
+    assert sorted(tree(dirs["inbound"])) == ["mixed", "mixed/cover.png", "mixed/notes.txt"]
+    for d in ("BAN/Band/2001 - First", "BAN/Band/2002 - Second"):
+        doc = sidecar(dirs["staging"] / d)
+        assert f"2 other file(s) stay in {dirs['inbound'] / 'mixed'}: its music went to several albums" in doc["validation"]["warnings"]
+        assert doc["album"]["image_count"] == 0
+
+
+def test_a_folder_holding_a_refused_file_keeps_its_extras(dirs):
+    folder = album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".mp3")[0].parent
+    (folder / "02 broken.mp3").write_bytes(b"not audio" * 50)
+    (folder / "cover.png").write_bytes(png_bytes(1))
+    run(dirs)
+    assert sorted(os.listdir(folder)) == ["02 broken.mp3", "cover.png"]
+    doc = sidecar(dirs["staging"] / "BAN/Band/2001 - Record")
+    assert f"1 other file(s) stay in {folder}: it holds music that was not staged" in doc["validation"]["warnings"]
+
+
+def test_an_album_with_only_embedded_art_gets_a_cover_file(dirs):
+    tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".mp3")
+    embed_cover(str(tracks[0]), png_bytes(7))
+    embed_cover(str(tracks[1]), png_bytes(7))
+    scan_db, _ = run(dirs)
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert (target / "cover.png").read_bytes() == png_bytes(7)
+    doc = sidecar(target)
+    assert doc["album"]["image_count"] == 1 and doc["validation"]["warnings"] == []
+    assert doc["album"]["cover_from_tags"]["file"] == "cover.png"
+    assert doc["album"]["cover_from_tags"]["scan_id"] == sqlite3.connect(scan_db).execute(
+        "SELECT value FROM scan_info WHERE key = 'scan_id'").fetchone()[0]
+
+
+def test_an_album_with_an_image_file_gets_no_extracted_cover(dirs):
+    tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".mp3")
+    embed_cover(str(tracks[0]), png_bytes(7))
+    (tracks[0].parent / "folder.png").write_bytes(png_bytes(8))
+    run(dirs)
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == ["01 - One.mp3", "album.melodee.json", "folder.png"]
+    assert "cover_from_tags" not in sidecar(target)["album"]
+
+
+@pytest.mark.parametrize("point", ["after_place:3", "after_place:5", "before_unlink_sources:1", "after_unlink:4"])
+def test_sigkill_while_extras_move_converges_on_the_next_run(point, dirs):
+    """Tracks are the first two places; the third is the first extra."""
+    tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+    extras = rip(tracks[0].parent)
+    before = snapshot(dirs["inbound"])
+
+    def cli(crash: str | None) -> subprocess.CompletedProcess:
+        scan = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "scan-inbound", "--path", str(dirs["inbound"]),
+                               "--output", str(dirs["scans"]), "--min-file-age", "0", "--workers", "1"],
+                              capture_output=True, text=True, check=True)
+        env = {k: v for k, v in os.environ.items() if k != "MELODEE_DATABASE_URL"}
+        env.update(MELODEE_HOME=str(dirs["scans"] / "home"), **({"MELODEE_CRASH_AT": crash} if crash else {}))
+        return subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "process-scan", "--scan", scan.stdout.strip(),
+                               "--staging", str(dirs["staging"]), "--workers", "1"], env=env, capture_output=True, text=True)
+
+    assert cli(point).returncode == -signal.SIGKILL
+    assert lost(Counter(before.values()), dirs["inbound"], dirs["staging"]) == 0
+    assert cli(None).returncode == 0
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == sorted(["01 - One.flac", "02 - Two.flac", "album.melodee.json", *extras])
+    assert without_sidecars(snapshot(dirs["inbound"], dirs["staging"])) == sorted(before.values())
+    assert sidecar(target)["album"]["image_count"] == 2

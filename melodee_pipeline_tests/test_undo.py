@@ -1,0 +1,245 @@
+"""`melodee-pipeline undo` and undo_staging_job: a run's files go back to inbound byte for byte,
+never over a file that is there now; rows follow; a killed undo finishes on rerun. Real audio,
+real images, real Postgres (Melodee's own tables)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from melodee_pipeline.cli import main
+from melodee_pipeline.grouping import group_albums
+from melodee_pipeline.records import record_staging_items
+from melodee_pipeline.samples import embed_cover, png_bytes
+from melodee_pipeline.scan.scanner import scan_inbound
+from melodee_pipeline.staging.stage import prepare_staging, stage_albums
+from melodee_pipeline_tests.conftest import album, snapshot, tree
+
+SIDECAR = "album.melodee.json"
+LOG = b"EAC extraction logfile\r\n"
+
+
+def run(libs, engine) -> str:
+    """One staging run over the libraries, in the job's order; returns its scan_id."""
+    prepare_staging(str(libs["staging"]), logging.getLogger("test"))  # interrupted work first, then inbound is read
+    scan = scan_inbound(str(libs["inbound"]), str(libs["scandbs"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    stage_albums(scan.scan_db, str(libs["staging"]), workers=2)
+    record_staging_items(engine, str(libs["staging"]))
+    return scan.scan_id
+
+
+def hashes(libs) -> Counter:
+    """The multiset of file hashes across inbound and staging: music and extras (sidecars, the
+    journal and temp files are the pipeline's own)."""
+    return Counter(h for k, h in snapshot(libs["inbound"], libs["staging"]).items()
+                   if not k.endswith(SIDECAR) and "/.melodee-" not in k)
+
+
+def rows(engine) -> dict[str, tuple]:
+    with engine.connect() as conn:
+        return {r.staging_path: (r.track_count, r.status, r.checksum) for r in
+                conn.execute(sa.text("SELECT staging_path, track_count, status, checksum FROM staging_items"))}
+
+
+def assert_rows_match_sidecars(libs, engine) -> None:
+    """Every album directory has its row with the sidecar's checksum and track count, and no row points at nothing."""
+    expected = {}
+    for dirpath, _dirs, names in os.walk(libs["staging"]):
+        if SIDECAR in names:
+            data = (Path(dirpath) / SIDECAR).read_bytes()
+            expected[dirpath] = (len(json.loads(data)["tracks"]), hashlib.sha256(data).hexdigest())
+    assert {p: (n, c) for p, (n, _s, c) in rows(engine).items()} == expected
+
+
+def two_albums(libs) -> None:
+    folder = album(libs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")[0].parent
+    (folder / "cover.png").write_bytes(png_bytes(1))
+    (folder / "Record.log").write_bytes(LOG)
+    tracks = album(libs["inbound"], "Other", "Art", 1999, ["Three"], ".mp3", seed=7)
+    embed_cover(str(tracks[0]), png_bytes(9))  # its cover file is written from the tags
+
+
+def test_undo_a_whole_run_restores_inbound_byte_for_byte(env, libs, engine, capsys):
+    two_albums(libs)
+    before, inbound_before = hashes(libs), snapshot(libs["inbound"])
+    scan_id = run(libs, engine)
+    assert tree(libs["inbound"]) == {} and len(rows(engine)) == 2
+    assert main(["undo", "--scan", scan_id]) == 0
+    out = capsys.readouterr().out
+    assert "undone" in out and "5 file(s) returned to inbound; staging_items: 0 rewritten, 2 removed" in out
+    assert snapshot(libs["inbound"]) == inbound_before  # every path, every byte
+    assert hashes(libs) == before
+    assert rows(engine) == {} and [n for n in os.listdir(libs["staging"]) if not n.startswith(".")] == []
+    # A second undo finds nothing left to do.
+    assert main(["undo", "--scan", scan_id]) == 0
+    assert "nothing to undo" in capsys.readouterr().out and snapshot(libs["inbound"]) == inbound_before
+
+
+def test_undo_one_album_with_the_scan_id_spelled_without_its_prefix(env, libs, engine, capsys):
+    two_albums(libs)
+    before = snapshot(libs["inbound"])
+    scan_id = run(libs, engine)
+    assert main(["undo", "--scan", scan_id.removeprefix("scan_"), "--album", "BAN/Band/2001 - Record"]) == 0
+    assert {k: v for k, v in before.items() if k.startswith("inbound/Band")} == snapshot(libs["inbound"])
+    assert sorted(os.listdir(libs["staging"] / "OTH/Other/1999 - Art")) == ["01 - Three.mp3", SIDECAR, "cover.png"]
+    assert not (libs["staging"] / "BAN").exists()
+    assert list(rows(engine)) == [str(libs["staging"] / "OTH/Other/1999 - Art")]
+    assert_rows_match_sidecars(libs, engine)
+
+
+def test_undo_a_run_that_merged_into_an_existing_album_takes_only_its_own_files(env, libs, engine, capsys):
+    album(libs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+    run(libs, engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE staging_items SET status = 'rejected'"))  # reviewed: the later run reopens it
+    folder = album(libs["inbound"], "Band", "Record", 2001, ["Three"], ".flac", folder="later", first_track=3, seed=3)[0].parent
+    (folder / "cover.png").write_bytes(png_bytes(4))
+    before, inbound_before = hashes(libs), snapshot(libs["inbound"])
+    target = libs["staging"] / "BAN/Band/2001 - Record"
+    sidecar_before = (target / SIDECAR).read_bytes()
+    scan_id = run(libs, engine)
+    assert sorted(os.listdir(target)) == ["01 - One.flac", "02 - Two.flac", "03 - Three.flac", SIDECAR, "cover.png"]
+    assert main(["undo", "--scan", scan_id]) == 0
+    assert snapshot(libs["inbound"]) == inbound_before and hashes(libs) == before
+    assert sorted(os.listdir(target)) == ["01 - One.flac", "02 - Two.flac", SIDECAR]
+    doc, old = json.loads((target / SIDECAR).read_bytes()), json.loads(sidecar_before)
+    assert doc["tracks"] == old["tracks"] and doc["album"]["image_count"] == 0
+    assert "album check: no cover image" in doc["validation"]["warnings"]
+    assert_rows_match_sidecars(libs, engine)
+    assert [(n, s) for n, s, _ in rows(engine).values()] == [(2, "pending_review")]
+
+
+def test_a_re_dropped_duplicate_gets_its_inbound_copy_back(env, libs, engine):
+    files = album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
+    data = files[0].read_bytes()
+    run(libs, engine)
+    files[0].parent.mkdir()
+    files[0].write_bytes(data)  # the same file dropped in again: the run only removes it
+    before, inbound_before = hashes(libs), snapshot(libs["inbound"])
+    scan_id = run(libs, engine)
+    assert not files[0].exists()
+    assert main(["undo", "--scan", scan_id]) == 0
+    assert snapshot(libs["inbound"]) == inbound_before and hashes(libs) == before
+    assert os.stat(files[0]).st_ino != os.stat(libs["staging"] / "BAN/Band/2001 - Record/01 - One.flac").st_ino  # a copy, not a link
+    assert_rows_match_sidecars(libs, engine)
+
+
+def test_an_original_path_taken_meanwhile_is_never_overwritten(env, libs, engine, capsys):
+    files = album(libs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+    before = hashes(libs)
+    scan_id = run(libs, engine)
+    files[0].parent.mkdir()
+    files[0].write_bytes(b"the admin put something else here")
+    assert main(["undo", "--scan", scan_id]) == 0
+    out = capsys.readouterr().out
+    assert "partly undone" in out and f"01 - One.flac: stays staged: its inbound path now holds another file" in out
+    assert files[0].read_bytes() == b"the admin put something else here" and files[1].exists()
+    target = libs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == ["01 - One.flac", SIDECAR]
+    assert hashes(libs) == before + Counter([hashlib.sha256(b"the admin put something else here").hexdigest()])
+    assert_rows_match_sidecars(libs, engine)
+
+
+def test_dry_run_shows_the_plan_and_changes_nothing(env, libs, engine, capsys):
+    two_albums(libs)
+    scan_id = run(libs, engine)
+    state, db_rows = snapshot(libs["inbound"], libs["staging"]), rows(engine)
+    assert main(["undo", "--scan", scan_id, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert snapshot(libs["inbound"], libs["staging"]) == state and rows(engine) == db_rows
+    assert "planned        BAN/Band/2001 - Record: 4 file(s) to return" in out
+    assert f"01 - One.flac: goes back to inbound ({libs['inbound'] / 'Band - Record' / '01 One.flac'})" in out
+    assert "cover.png: cover written from the tags; removed" in out
+    assert "[dry run: nothing moved]" in out
+
+
+def test_approved_or_promoted_albums_are_refused_with_the_reason(env, libs, engine, capsys):
+    two_albums(libs)
+    scan_id = run(libs, engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE staging_items SET status = 'approved' WHERE artist_name = 'Band'"))
+    shutil.rmtree(libs["staging"] / "OTH")  # Melodee promoted it: the directory left staging
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM staging_items WHERE artist_name = 'Other'"))
+    state = snapshot(libs["inbound"], libs["staging"])
+    assert main(["undo", "--scan", scan_id]) == 1
+    out = capsys.readouterr().out
+    assert "refused        BAN/Band/2001 - Record: approved by the admin" in out
+    assert "refused        OTH/Other/1999 - Art: no longer in staging" in out
+    assert snapshot(libs["inbound"], libs["staging"]) == state
+
+
+@pytest.mark.parametrize("point", ["after_undo_journal:1", "after_return:2", "before_unlink_staged:1"])
+@pytest.mark.parametrize("finisher", ["undo", "run"])
+def test_a_killed_undo_finishes_on_rerun(point, finisher, env, libs, engine, tmp_path):
+    two_albums(libs)
+    before, inbound_before = hashes(libs), snapshot(libs["inbound"])
+    scan_id = run(libs, engine)
+    staged = hashes(libs)  # with the cover written from the tags
+    killed = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "undo", "--scan", scan_id],
+                            env={**os.environ, "MELODEE_CRASH_AT": point}, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert all(h in hashes(libs) for h in before)  # nothing lost at the kill
+    if finisher == "undo":
+        again = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "undo", "--scan", scan_id],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert snapshot(libs["inbound"]) == inbound_before
+    else:  # the next staging run finishes the undo first, then stages what is in inbound again
+        run(libs, engine)
+        assert sorted(tree(libs["inbound"])) == []
+        before = staged
+    assert hashes(libs) == before
+    assert_rows_match_sidecars(libs, engine)
+
+
+def test_undo_staging_job(env, libs, engine):
+    from melodee_pipeline.definitions import defs
+
+    two_albums(libs)
+    inbound_before = snapshot(libs["inbound"])
+    scan_id = run(libs, engine)
+    job = defs.get_job_def("undo_staging_job")
+    import dagster as dg
+
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(run_config={"ops": {"undo_staging": {"config": {"scan_id": scan_id}}}},
+                                        instance=instance)
+    assert result.success
+    assert result.output_for_node("undo_staging")["files_returned"] == 5
+    assert snapshot(libs["inbound"]) == inbound_before and rows(engine) == {}
+
+
+def test_undo_across_filesystems_copies_back_verified_without_a_database(tmp_path):
+    from melodee_pipeline.undo import undo_scan
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) to move across")
+    inbound = shm / f"melodee-undo-{os.getpid()}"
+    try:
+        folder = album(inbound, "Band", "Record", 2001, ["One", "Two"], ".flac")[0].parent
+        (folder / "cover.png").write_bytes(png_bytes(1))
+        before = snapshot(inbound)
+        (tmp_path / "staging").mkdir()
+        scan = scan_inbound(str(inbound), str(tmp_path / "scans"), workers=1, min_file_age_seconds=0)
+        group_albums(scan.scan_db)
+        assert stage_albums(scan.scan_db, str(tmp_path / "staging")).files_moved == 2
+        result = undo_scan(None, scan.scan_db, str(tmp_path / "staging"))
+        assert [(a.status, a.returned) for a in result.albums] == [("undone", 3)]
+        assert snapshot(inbound) == before and not (inbound / ".melodee-tmp").exists()
+        assert [n for n in os.listdir(tmp_path / "staging") if not n.startswith(".")] == []
+    finally:
+        shutil.rmtree(inbound, ignore_errors=True)
