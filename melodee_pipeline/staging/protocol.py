@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from melodee_pipeline import faults
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.staging import journal
-from melodee_pipeline.staging.albumdir import write_sidecar
+from melodee_pipeline.staging.albumdir import is_regular, remove_empty_dirs, write_sidecar
 from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
     DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
@@ -143,7 +143,7 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
         name, action = resolve_name(album_dir, wanted, f["file_hash"], taken, present)
         if action == RENAME:
             blocker = os.path.join(album_dir, present.get(wanted.casefold(), wanted))
-            why = "a symlink or other non-regular file" if os.path.lexists(blocker) and not _is_regular(blocker) \
+            why = "a symlink or other non-regular file" if os.path.lexists(blocker) and not is_regular(blocker) \
                 else "a different file"
             out.warnings.append(f"{f['file_path']} staged as {name}: {why} already had its name")
         return FileAction(bytes(f["path_bytes"]), name, action, f["file_hash"], f["file_size"] or 0, None, file_id=f["id"])
@@ -351,7 +351,7 @@ class AlbumStager:
             self.full = exc if isinstance(exc, StagingFull) else StagingFull(f"staging filesystem {self.root} is full: {exc}")
             self._stop.set()
             # Rolled back: nothing of this album moved. A row an earlier run left pending stays so.
-            _remove_empty_dirs(self.root, os.path.join(self.root, out.album_dir))
+            remove_empty_dirs(self.root, os.path.join(self.root, out.album_dir))
             if prior is not None:
                 journal.write(self.root, prior)
             else:
