@@ -298,6 +298,7 @@ def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit:
     import dagster as dg
 
     from melodee_pipeline.instance import prepare_dagster_home
+    from melodee_pipeline.orchestration import launch
     from melodee_pipeline.orchestration.job import staging_scan_job
     from melodee_pipeline.definitions import defs
 
@@ -306,12 +307,10 @@ def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit:
     overrides = {k: v for k, v in dict(dry_run=dry_run, workers=workers, rate_limit=rate_limit,
                                         scan_db_data_path=scan_db_data_path).items() if v is not None}
     job = defs.get_job_def(staging_scan_job.name).with_logger_defs({"console": _console_logger()})
+    run_config = {"ops": {"scan_inbound": {"config": overrides}}, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with _environ(DAGSTER_HOME=str(home)), dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            run_config={"ops": {"scan_inbound": {"config": overrides}}, "loggers": {"console": {"config": {"log_level": "INFO"}}}},
-            instance=instance, raise_on_error=False,
-        )
-    summary = result.output_for_node("record_staging_items") if result.success and _produced(result) else None
+        result = launch.execute(instance, job, run_config)  # the UI can re-execute it
+        summary = result.output_for_node("record_staging_items") if result.success and _produced(result) else None
     return result.success, summary, result.run_id if result.success else failure_message(result)
 
 

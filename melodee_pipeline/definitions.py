@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from melodee_pipeline.orchestration.assets import ASSETS, staging_converged
 from melodee_pipeline.orchestration.job import staging_scan_job
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
 from melodee_pipeline.orchestration.sensor import staging_scan_sensor
@@ -10,6 +11,8 @@ from melodee_pipeline.orchestration.undo_job import undo_staging_job
 _database = MelodeeDatabase()
 
 defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=[staging_converged],
     jobs=[staging_scan_job, undo_staging_job],
     sensors=[staging_scan_sensor],
     resources={

@@ -72,6 +72,13 @@ class SettingSpec:
     default: str
     parse: Callable[[str], Any]
     comment: str
+    # Integer settings: inclusive bounds (None: unbounded), shared by `parse` and the run config.
+    low: int | None = None
+    high: int | None = None
+
+
+def _integer(key: str, default: str, low: int, high: int | None, comment: str) -> SettingSpec:
+    return SettingSpec(key, default, _int_range(low, high), comment, low, high)
 
 
 SPECS: dict[str, SettingSpec] = {
@@ -80,11 +87,11 @@ SPECS: dict[str, SettingSpec] = {
         SettingSpec("staging_scan.enabled", "false", _bool, "Run the inbound -> staging scan on its schedule"),
         SettingSpec("staging_scan.dry_run", "false", _bool, "Plan only: move nothing, write no rows"),
         SettingSpec("staging_scan.schedule", "0 */1 * * *", _cron, "5-field cron expression, UTC"),
-        SettingSpec("staging_scan.workers", "4", _int_range(1, 64), "Parallel workers for scanning and staging (1..64)"),
-        SettingSpec("staging_scan.rate_limit", "0", _int_range(0, None), "Max file moves per second, 0 = unlimited"),
+        _integer("staging_scan.workers", "4", 1, 64, "Parallel workers for scanning and staging (1..64)"),
+        _integer("staging_scan.rate_limit", "0", 0, None, "Max file moves per second, 0 = unlimited"),
         SettingSpec("staging_scan.scan_db_data_path", "/var/melodee/scan-db", _abs_dir, "Directory for scan databases"),
-        SettingSpec("staging_scan.min_file_age_seconds", "60", _int_range(0, None), "Skip directories with files younger than this"),
-        SettingSpec("staging_scan.keep_scan_dbs", "20", _int_range(1, None), "Newest scan databases to keep"),
+        _integer("staging_scan.min_file_age_seconds", "60", 0, None, "Skip directories with files younger than this"),
+        _integer("staging_scan.keep_scan_dbs", "20", 1, None, "Newest scan databases to keep"),
     ]
 }
 

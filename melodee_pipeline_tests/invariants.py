@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,8 +9,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from melodee_pipeline.convergence import sidecar_problem
 from melodee_pipeline.scan.tags import sha256_file
-from melodee_pipeline.scan.walk import is_media
+from melodee_pipeline.staging.sidecar import checksum
 
 SIDECAR = "album.melodee.json"
 
@@ -62,11 +61,10 @@ def converged(original_valid: Counter, original_invalid: Counter, inbound: Path,
                 r.problems.append(f"temp file left: {dirpath}/{n}")
         if SIDECAR in names:
             data = (Path(dirpath) / SIDECAR).read_bytes()
-            listed = sorted(os.path.basename(t["file_path"]) for t in json.loads(data)["tracks"])
-            present = sorted(n for n in names if is_media(os.fsencode(n)))  # extras have no track entry
-            if listed != present:
-                r.problems.append(f"sidecar of {dirpath} lists {listed}, directory holds {present}")
-            album_dirs[dirpath] = hashlib.sha256(data).hexdigest()
+            problem = sidecar_problem(dirpath, data, names)
+            if problem:
+                r.problems.append(problem)
+            album_dirs[dirpath] = checksum(data)
         elif names:
             r.problems.append(f"files without a sidecar in {dirpath}: {names}")
     with engine.connect() as conn:

@@ -73,7 +73,7 @@ def test_real_run_stages_records_and_reports(inbound, engine):
     assert sorted(r.data["staging_dir"] for r in table) == ["ACD/AC-DC/1980 - Back in Black", "LZ/Led Zeppelin/1971 - IV"]
     assert any(m.startswith("staging scan summary {") and '"albums_total": 2' in m for m in result.log_messages)
     mats = [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
-    assert [m.event_specific_data.materialization.asset_key.path for m in mats] == [["staging_items"]]
+    assert [m.event_specific_data.materialization.asset_key.path for m in mats] == [["staging_library"], ["staging_items"]]
 
 
 def test_refused_files_are_one_log_event_and_a_metadata_table(inbound):

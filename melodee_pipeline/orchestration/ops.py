@@ -15,26 +15,37 @@ from typing import Iterator, Optional
 
 import dagster as dg
 import sqlalchemy as sa
+from pydantic import Field
 
-from melodee_pipeline import cycle
+from melodee_pipeline import convergence, cycle
 from melodee_pipeline.errors import DatabaseUnavailable, UserError
 from melodee_pipeline.grouping import group_albums as group_scan_db
+from melodee_pipeline.orchestration import assets
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.scanner import scan_inbound as scan_tree
+from melodee_pipeline.settings import PREFIX, SPECS
 from melodee_pipeline.staging.stage import prepare_staging, stage_albums as stage_scan_db
 
 ALBUM_TABLE_ROWS = 500
 SENSOR_TICK_TAG = "melodee/tick"
 
 
+def setting_field(name: str):
+    """A run-config field bounded and described by its `staging_scan.*` setting (one source:
+    `settings.SPECS`), so the Launchpad documents it and a run checks it before it starts work."""
+    spec = SPECS[PREFIX + name]
+    return Field(None, ge=spec.low, le=spec.high,
+                 description=f"{spec.comment}. Unset: the {spec.key} setting (default {spec.default!r}).")
+
+
 class ScanConfig(dg.Config):
     """Every field optional: a missing one means the `staging_scan.*` setting read at run start."""
 
-    dry_run: Optional[bool] = None
-    workers: Optional[int] = None
-    rate_limit: Optional[int] = None
-    scan_db_data_path: Optional[str] = None
+    dry_run: Optional[bool] = setting_field("dry_run")
+    workers: Optional[int] = setting_field("workers")
+    rate_limit: Optional[int] = setting_field("rate_limit")
+    scan_db_data_path: Optional[str] = setting_field("scan_db_data_path")
 
 
 @contextmanager
@@ -70,6 +81,9 @@ def scan_inbound(context: dg.OpExecutionContext, config: ScanConfig, database: M
             libs.inbound.path, s.scan_db_data_path, workers=s.workers,
             min_file_age_seconds=s.min_file_age_seconds, keep_scan_dbs=s.keep_scan_dbs, logger=context.log,
         )
+    context.log_event(dg.AssetObservation(asset_key=assets.inbound_library.key, metadata={
+        "path": dg.MetadataValue.path(libs.inbound.path), "scan_id": result.scan_id, "files": result.files,
+        "valid": result.valid, "invalid": result.invalid, "skipped": result.skipped}))
     run = cycle.StagingRun(result.scan_id, result.scan_db, libs.inbound.path, libs.staging.path, s.dry_run, s.workers,
                            s.rate_limit, time.time() - result.seconds, result.files, result.skipped)
     yield dg.Output(
@@ -136,6 +150,9 @@ def stage_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_
     counts = {k: v for k, v in asdict(result).items() if k != "seconds"}
     if run.dry_run:
         counts["files_to_move"] = counts.pop("files_moved")
+    else:
+        context.log_event(dg.AssetMaterialization(asset_key=assets.staging_library.key, metadata={
+            **counts, "scan_id": run.scan_id, "path": dg.MetadataValue.path(run.staging_path)}))
     context.add_output_metadata({**counts, "seconds": round(result.seconds, 2),
                                  "plan" if run.dry_run else "albums": _albums_table(run.scan_db, run.dry_run)})
     return replace(run, stage=result)
@@ -158,7 +175,14 @@ def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, 
     else:
         context.log.info(f"staging_items: wrote {result.inserted} new and {result.updated} updated rows "
                          f"({result.reopened} reopened for review; {result.deleted_kept} deleted by the admin left deleted)")
-        context.log_event(dg.AssetMaterialization(asset_key="staging_items", metadata={**rows, "scan_id": run.scan_id}))
+        context.log_event(dg.AssetMaterialization(asset_key=assets.staging_items.key, metadata={
+            **rows, "scan_id": run.scan_id, "scan_db": dg.MetadataValue.path(run.scan_db),
+            "staging_path": dg.MetadataValue.path(run.staging_path)}))
+        with hard_failure(retry=True):
+            converged = convergence.check_run(database.engine(), run.scan_db, run.staging_path)
+        for problem in converged.problems[:20]:
+            context.log.error(f"{assets.CONVERGED}: {problem}")
+        context.log_event(assets.evaluation(converged, run.scan_id))
     stage = run.stage
     summary = {
         "scan_id": run.scan_id, "inbound_path": run.inbound_path, "staging_path": run.staging_path,
