@@ -146,7 +146,7 @@ def test_cli_run_is_re_executed_from_its_failed_op_the_way_the_ui_does(dev, libs
     with engine.begin() as conn:  # the table goes away between staging and recording
         conn.execute(sa.text("ALTER TABLE staging_items RENAME TO staging_items_away"))
     ok, _summary, reason = run_job()
-    assert not ok and reason.startswith("record_staging_items: database error: relation \"staging_items\" does not exist")
+    assert not ok and reason.startswith("record_staging_items: table staging_items does not exist in database")
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE staging_items_away RENAME TO staging_items"))
         parent = conn.execute(sa.text("SELECT run_id FROM runs ORDER BY id DESC LIMIT 1")).scalar()
