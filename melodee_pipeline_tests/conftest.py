@@ -12,7 +12,9 @@ import os
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.db.engine import psycopg2_url
 from melodee_pipeline.samples import Tags, make_track
+from melodee_pipeline_tests.leftovers import left_behind, session_processes
 
 MELODEE_SCHEMA_SQL = Path(__file__).with_name("melodee_schema.sql")
 
@@ -39,19 +42,26 @@ def pg_server_url(tmp_path_factory) -> str:
     server.cleanup()
 
 
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server of `server_url`, dropped afterwards; yields its URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
 def db_url(pg_server_url) -> str:
     """A new, empty database for this test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    sa.create_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -165,8 +175,34 @@ def tree(root: Path) -> dict[str, int]:
 
 
 SUMMARIES = pytest.StashKey[list]()
+SESSION_PROCESSES = pytest.StashKey[tuple]()
+LEFT_BEHIND = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def processes_before_the_session(tmp_path_factory, request):
+    """Set up before any other fixture: what runs already is not the session's doing."""
+    base = tmp_path_factory.getbasetemp()
+    request.config.stash[SESSION_PROCESSES] = (base, session_processes(base))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every server, CLI and worker a test started is gone once the fixtures are torn down;
+    a leftover fails the session."""
+    if SESSION_PROCESSES not in session.config.stash:
+        return
+    base, before = session.config.stash[SESSION_PROCESSES]
+    leftovers = left_behind(base, before)
+    if leftovers:
+        session.config.stash[LEFT_BEHIND] = leftovers
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for line in config.stash.get(SUMMARIES, []):
         terminalreporter.write_line(line)
+    leftovers = config.stash.get(LEFT_BEHIND, [])
+    if leftovers:
+        terminalreporter.write_line(f"FAILED: {len(leftovers)} process(es) the tests started are still running:", red=True)
+        for line in leftovers:
+            terminalreporter.write_line(f"  {line}", red=True)

@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import dagster as dg
 import sqlalchemy as sa
 
-from melodee_pipeline import cycle
+from melodee_pipeline import cycle, faults
 from melodee_pipeline.errors import DatabaseUnavailable, UserError
 from melodee_pipeline.grouping import group_albums as group_scan_db
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
@@ -141,7 +141,7 @@ def stage_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_
     return replace(run, stage=result)
 
 
-@dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=3, delay=10))
+@dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=3, delay=faults.retry_delay(10)))
 def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, database: MelodeeDatabase,
                          staging_lock: StagingRunLock) -> dict:
     with hard_failure(retry=True):
