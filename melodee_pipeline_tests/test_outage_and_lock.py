@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.cli import main
-from melodee_pipeline.db.engine import psycopg2_url
+from melodee_pipeline.db.engine import psycopg2_url, stop_embedded
 from melodee_pipeline.libraries import add_library
 from melodee_pipeline.lock import staging_lock
 from melodee_pipeline.settings import set_setting
@@ -28,7 +28,16 @@ def start_server(pgdata):
 
 
 def test_database_down_at_record_fails_clearly_and_next_run_heals(tmp_path, db_url):
-    server = start_server(tmp_path / "melodee-pg")
+    home = tmp_path / "melodee-pg"  # the server that goes down, stopped however the test ends
+    try:
+        _down_at_record_then_healed(home, tmp_path, db_url)
+    finally:
+        stop_embedded(home)
+
+
+def _down_at_record_then_healed(home, tmp_path, db_url):
+    home.mkdir()
+    server = start_server(home / "pgdata")
     url = psycopg2_url(server.get_uri())
     engine = sa.create_engine(url)
     dirs = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
@@ -45,7 +54,8 @@ def test_database_down_at_record_fails_clearly_and_next_run_heals(tmp_path, db_u
     album(dirs["inbound"], "Other", "Disc", 2002, ["Three"], ".mp3", seed=9)
     marker = tmp_path / "paused"
     env = {**os.environ, "MELODEE_DATABASE_URL": url, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": db_url,
-           "MELODEE_HOME": str(tmp_path / "home"), "MELODEE_PAUSE_AT": "before_record", "MELODEE_PAUSE_FILE": str(marker)}
+           "MELODEE_HOME": str(tmp_path / "home"), "MELODEE_PAUSE_AT": "before_record", "MELODEE_PAUSE_FILE": str(marker),
+           "MELODEE_RETRY_DELAY": "0.1"}  # the record op's retries, without their real 10 s waits
     proc = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -63,19 +73,16 @@ def test_database_down_at_record_fails_clearly_and_next_run_heals(tmp_path, db_u
     assert last.startswith("error: run failed: record_staging_items: cannot connect to database postgresql+psycopg2://postgres:***@"), err[-4000:]
     assert len(list(dirs["staging"].rglob("album.melodee.json"))) == 2  # staged, nothing lost
 
-    server = start_server(tmp_path / "melodee-pg")
-    try:
-        env.pop("MELODEE_PAUSE_AT")
-        again = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env, capture_output=True,
-                               text=True, timeout=300)
-        assert again.returncode == 0, again.stderr
-        assert '"inserted": 2' in again.stdout and '"albums_total": 0' in again.stdout
-        engine = sa.create_engine(url)
-        with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 2
-        engine.dispose()
-    finally:
-        server.cleanup()
+    start_server(home / "pgdata")  # up again
+    env.pop("MELODEE_PAUSE_AT")
+    again = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert '"inserted": 2' in again.stdout and '"albums_total": 0' in again.stdout
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 2
+    engine.dispose()
 
 
 def test_process_scan_refuses_while_another_run_holds_the_lock(env, libs, engine, capsys):
@@ -100,18 +107,23 @@ def test_two_real_runs_at_once_one_refused(env, libs, engine, tmp_path, db_url):
     for i in range(4):
         album(libs["inbound"], f"Artist{i}", "Album", 2000, ["A", "B", "C"], ".wav", seed=i * 5)
     age(libs["inbound"])
-    with engine.begin() as conn:
-        set_setting(conn, "staging_scan.rate_limit", "1")  # the first run moves files for ~12 s
+    marker = tmp_path / "paused"
     run_env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": db_url}
-    first = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(libs["staging"].rglob("*.wav")):  # the first run is moving files
-        assert first.poll() is None and time.time() < deadline, first.communicate()
-        time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
-                            capture_output=True, text=True, timeout=300)
-    out, err = first.communicate(timeout=300)
+    first = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**run_env, "MELODEE_PAUSE_AT": "after_place:1", "MELODEE_PAUSE_FILE": str(marker)})
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():  # the first run has moved one file and waits
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.05)
+        assert list(libs["staging"].rglob("*.wav"))
+        second = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
+                                capture_output=True, text=True, timeout=300)
+        marker.unlink()
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
     assert first.returncode == 0, err
     assert second.returncode == 1
     assert "another staging run is in progress (run " in second.stderr.strip().splitlines()[-1]
