@@ -9,6 +9,7 @@ what `db init` creates: that is what a real installation looks like.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 import warnings
@@ -181,6 +182,17 @@ def tree(root: Path) -> dict[str, int]:
             p = os.path.join(dirpath, n)
             out[os.path.relpath(p, root)] = os.lstat(p).st_size if n in names else -1
     return out
+
+
+def run_together(commands: list[list[str]], timeout: float = 180) -> list[str]:
+    """Run independent commands at once (e.g. headless Chromium loading several pages); their stdouts."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for c in commands]
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
 
 
 SUMMARIES = pytest.StashKey[list]()
