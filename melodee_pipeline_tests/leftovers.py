@@ -40,7 +40,7 @@ def session_processes(temp_dir: Path) -> set[int]:
     if not PROC.is_dir():
         return set()
     parent = {pid: _ppid(pid) for pid in (int(p.name) for p in PROC.iterdir() if p.name.isdigit())}
-    marker = os.fsencode(str(temp_dir))
+    marker = os.fsencode(os.path.join(temp_dir, ""))  # with the separator: pytest-5 is no prefix of pytest-50
     me = os.getpid()
     found = {pid for pid in parent if pid != me and _names(pid, marker)}
     roots = found | {me}
