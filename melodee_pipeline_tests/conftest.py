@@ -9,10 +9,13 @@ what `db init` creates: that is what a real installation looks like.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -20,6 +23,7 @@ import sqlalchemy as sa
 from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.db.engine import psycopg2_url
 from melodee_pipeline.samples import Tags, make_track
+from melodee_pipeline_tests.leftovers import left_behind, session_processes
 
 MELODEE_SCHEMA_SQL = Path(__file__).with_name("melodee_schema.sql")
 
@@ -35,23 +39,39 @@ def pg_server_url(tmp_path_factory) -> str:
         import pgserver
 
         server = pgserver.get_server(str(tmp_path_factory.mktemp("pg") / "data"), cleanup_mode="stop")
-    yield psycopg2_url(server.get_uri())
+    url = psycopg2_url(server.get_uri())
+    # A throwaway server: no fsync makes each test's CREATE/DROP DATABASE and commits several times
+    # faster. A killed client (the crash suite) never depended on it; only a machine crash would.
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.execute(sa.text(f"ALTER SYSTEM SET {setting} = off"))
+        conn.execute(sa.text("SELECT pg_reload_conf()"))
+    admin.dispose()
+    yield url
     server.cleanup()
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server of `server_url`, dropped afterwards; yields its URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @pytest.fixture
 def db_url(pg_server_url) -> str:
     """A new, empty database for this test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    sa.create_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -164,9 +184,46 @@ def tree(root: Path) -> dict[str, int]:
     return out
 
 
+def run_together(commands: list[list[str]], timeout: float = 180) -> list[str]:
+    """Run independent commands at once (e.g. headless Chromium loading several pages); their stdouts."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for c in commands]
+    try:
+        return [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 SUMMARIES = pytest.StashKey[list]()
+SESSION_PROCESSES = pytest.StashKey[tuple]()
+LEFT_BEHIND = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def processes_before_the_session(tmp_path_factory, request):
+    """Set up before any other fixture: what runs already is not the session's doing."""
+    base = tmp_path_factory.getbasetemp()
+    request.config.stash[SESSION_PROCESSES] = (base, session_processes(base))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every server, CLI and worker a test started is gone once the fixtures are torn down;
+    a leftover fails the session."""
+    if SESSION_PROCESSES not in session.config.stash:
+        return
+    base, before = session.config.stash[SESSION_PROCESSES]
+    leftovers = left_behind(base, before)
+    if leftovers:
+        session.config.stash[LEFT_BEHIND] = leftovers
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for line in config.stash.get(SUMMARIES, []):
         terminalreporter.write_line(line)
+    leftovers = config.stash.get(LEFT_BEHIND, [])
+    if leftovers:
+        terminalreporter.write_line(f"FAILED: {len(leftovers)} process(es) the tests started are still running:", red=True)
+        for line in leftovers:
+            terminalreporter.write_line(f"  {line}", red=True)

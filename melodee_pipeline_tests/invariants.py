@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mediafile
 import sqlalchemy as sa
 
 from melodee_pipeline.convergence import sidecar_problem
@@ -46,9 +48,32 @@ def lost(original: Counter, *roots: Path) -> int:
     return sum(1 for h in original if h not in present)
 
 
+def album_of(path: str) -> tuple[str, str]:
+    """The album a file's own tags name, whatever their letter case or year: tracks that disagree
+    on those are still one album and belong in one directory."""
+    try:
+        f = mediafile.MediaFile(path)
+    except mediafile.UnreadableFileError:
+        return "<unreadable>", path
+    return (f.albumartist or f.artist or "").casefold(), (f.album or "").casefold()
+
+
+def split_albums(staging: Path) -> list[str]:
+    """Albums whose files sit in more than one directory of the staging tree (a directory
+    without a sidecar counts too: a crash can leave one)."""
+    dirs_of = defaultdict(set)
+    for dirpath, dirs, names in os.walk(staging):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # journal, temp files
+        for n in names:
+            if n != SIDECAR and not n.startswith("."):
+                dirs_of[album_of(os.path.join(dirpath, n))].add(os.path.relpath(dirpath, staging))
+    return [f"album {key} split over {sorted(dirs)}" for key, dirs in dirs_of.items() if len(dirs) > 1]
+
+
 def converged(original_valid: Counter, original_invalid: Counter, inbound: Path, staging: Path, engine) -> Report:
     """After a clean rerun: every valid file staged exactly once, invalid ones still in inbound,
-    each album's sidecar lists exactly its files, one row per album directory, no temp files."""
+    each album in one directory whose sidecar lists exactly its files and no error, one row per
+    album directory, no temp files."""
     r = Report()
     staged, waiting = file_hashes(staging), file_hashes(inbound)
     r.lost = sum(1 for h in original_valid if h not in staged) + sum(1 for h in original_invalid if h not in waiting)
@@ -65,8 +90,12 @@ def converged(original_valid: Counter, original_invalid: Counter, inbound: Path,
             if problem:
                 r.problems.append(problem)
             album_dirs[dirpath] = checksum(data)
+            errors = json.loads(data)["validation"]["errors"]
+            if errors:
+                r.problems.append(f"sidecar of {dirpath} has errors: {errors}")
         elif names:
             r.problems.append(f"files without a sidecar in {dirpath}: {names}")
+    r.problems += split_albums(staging)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT staging_path, checksum FROM staging_items")).all()
     counts = Counter(p for p, _ in rows)

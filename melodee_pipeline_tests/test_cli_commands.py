@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from melodee_pipeline.cli import build_parser, main
 from melodee_pipeline.db.engine import embedded_pid, ensure_database, stop_embedded
 from melodee_pipeline.settings import SPECS
-from melodee_pipeline_tests.conftest import album, tree
+from melodee_pipeline_tests.conftest import album, run_together, tree
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -158,7 +158,7 @@ def stop_group(proc: subprocess.Popen) -> None:
         left = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == proc.pid]
         if not left:
             return
-        time.sleep(1)
+        time.sleep(0.2)
     for p in left:
         p.kill()
 
@@ -193,14 +193,14 @@ def test_dev_by_absolute_path_serves_the_job_and_sensor_without_community_modal(
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium:
             args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=20000",
-                    "--window-size=1400,900"]
+                    "--no-first-run", "--virtual-time-budget=20000", "--window-size=1400,900"]
             shot = tmp_path / "dev.png"
-            dom = subprocess.run(args + ["--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
-            subprocess.run(args + [f"--screenshot={shot}", url], capture_output=True, timeout=180)
+            dom, sensor_dom, _ = run_together([
+                args + [f"--user-data-dir={tmp_path / 'chrome1'}", "--dump-dom", url],
+                args + [f"--user-data-dir={tmp_path / 'chrome2'}", "--dump-dom", sensor_url],
+                args + [f"--user-data-dir={tmp_path / 'chrome3'}", f"--screenshot={shot}", url]])
             assert "staging_scan_job" in dom and "staging_scan_sensor" in dom
             assert "Join the Dagster community" not in dom
-            sensor_dom = subprocess.run(args + ["--dump-dom", sensor_url], capture_output=True, text=True, timeout=180).stdout
             assert "staging_scan_sensor" in sensor_dom and "Next tick" in sensor_dom
             assert shot.exists() and shot.stat().st_size > 10_000
     finally:

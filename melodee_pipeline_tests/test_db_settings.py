@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from melodee_pipeline.bootstrap import init_db
 from melodee_pipeline.cli import main
+from melodee_pipeline.db.engine import stop_embedded
 from melodee_pipeline.errors import LibraryError, SettingError
 from melodee_pipeline.libraries import add_library, resolve_libraries
 from melodee_pipeline.settings import SPECS, load_settings
@@ -155,16 +156,17 @@ def test_unreachable_database_is_one_line_with_masked_password(tmp_path):
 
 
 def test_embedded_default_survives_across_commands_without_tcp(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "MELODEE_HOME": str(tmp_path / "home")}
+    home = tmp_path / "home"
+    env = {"PATH": "/usr/bin:/bin", "MELODEE_HOME": str(home)}
     run = lambda *a: subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", *a], env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=120)
-    first = run("db", "init")
-    assert first.returncode == 0, first.stderr
-    assert run("settings", "set", "staging_scan.workers", "7").returncode == 0
-    again = run("settings", "get", "staging_scan.workers")
-    assert again.returncode == 0 and again.stdout.strip() == "7"
-    opts = (tmp_path / "home" / "pgdata" / "postmaster.opts").read_text()
-    assert '"-h" ""' in opts  # listen_addresses empty: Unix socket only
-    import pgserver
-
-    pgserver.get_server(str(tmp_path / "home" / "pgdata"), cleanup_mode="stop").cleanup()
+    try:
+        first = run("db", "init")
+        assert first.returncode == 0, first.stderr
+        assert run("settings", "set", "staging_scan.workers", "7").returncode == 0
+        again = run("settings", "get", "staging_scan.workers")
+        assert again.returncode == 0 and again.stdout.strip() == "7"
+        opts = (home / "pgdata" / "postmaster.opts").read_text()
+        assert '"-h" ""' in opts  # listen_addresses empty: Unix socket only
+    finally:
+        stop_embedded(home)  # the server the first command started outlives the commands, not the test

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from melodee_pipeline_tests.conftest import load_melodee_schema
 from melodee_pipeline.cli import main
-from melodee_pipeline.db.engine import psycopg2_url
+from melodee_pipeline.db.engine import psycopg2_url, stop_embedded
 from melodee_pipeline.libraries import add_library
 from melodee_pipeline.lock import staging_lock
 from melodee_pipeline.settings import set_setting
@@ -51,7 +51,16 @@ def _run_with_outage_at_record(env: dict, marker, server_stop, server_back=None)
 
 
 def test_database_outage_at_record_retries_then_fails_clearly_and_next_run_heals(tmp_path, db_url):
-    pgdata = tmp_path / "melodee-pg"
+    home = tmp_path / "melodee-pg"  # the server that goes down, stopped however the test ends
+    try:
+        _outage_at_record(home, tmp_path, db_url)
+    finally:
+        stop_embedded(home)
+
+
+def _outage_at_record(home, tmp_path, db_url):
+    home.mkdir()
+    pgdata = home / "pgdata"
     server = start_server(pgdata)
     url = psycopg2_url(server.get_uri())
     engine = sa.create_engine(url)
@@ -93,7 +102,7 @@ def test_database_outage_at_record_retries_then_fails_clearly_and_next_run_heals
         assert '"inserted": 1' in blip.stdout and row_count() == 1
         # An outage: the retries run out; the run fails naming the database, nothing is lost.
         album(dirs["inbound"], "Other", "Disc", 2002, ["Three"], ".mp3", seed=9)
-        down = _run_with_outage_at_record(env, marker, stop)
+        down = _run_with_outage_at_record({**env, "MELODEE_RETRY_DELAY": "0.1"}, marker, stop)  # no real waits
         assert down.returncode == 1, down.stdout + down.stderr
         last = down.stderr.strip().splitlines()[-1]
         assert last.startswith("error: run failed: record_staging_items: cannot connect to database postgresql+psycopg2://postgres:***@"), down.stderr[-4000:]
@@ -131,18 +140,23 @@ def test_two_real_runs_at_once_one_refused(env, libs, engine, tmp_path, db_url):
     for i in range(4):
         album(libs["inbound"], f"Artist{i}", "Album", 2000, ["A", "B", "C"], ".wav", seed=i * 5)
     age(libs["inbound"])
-    with engine.begin() as conn:
-        set_setting(conn, "staging_scan.rate_limit", "1")  # the first run moves files for ~12 s
+    marker = tmp_path / "paused"
     run_env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": db_url}
-    first = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(libs["staging"].rglob("*.wav")):  # the first run is moving files
-        assert first.poll() is None and time.time() < deadline, first.communicate()
-        time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
-                            capture_output=True, text=True, timeout=300)
-    out, err = first.communicate(timeout=300)
+    first = subprocess.Popen([sys.executable, "-m", "melodee_pipeline.cli", "run"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**run_env, "MELODEE_PAUSE_AT": "after_place:1", "MELODEE_PAUSE_FILE": str(marker)})
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():  # the first run has moved one file and waits
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.05)
+        assert list(libs["staging"].rglob("*.wav"))
+        second = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=run_env,
+                                capture_output=True, text=True, timeout=300)
+        marker.unlink()
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
     assert first.returncode == 0, err
     assert second.returncode == 1
     assert "another staging run is in progress (run " in second.stderr.strip().splitlines()[-1]

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from melodee_pipeline_tests.conftest import age, album
+from melodee_pipeline_tests.conftest import age, album, run_together
 from melodee_pipeline_tests.test_cli_commands import await_location, graphql, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,14 +78,14 @@ def test_ui_shows_the_job_in_headless_chromium(dagster_env, tmp_path):
             except OSError:
                 if time.time() > deadline or server.poll() is not None:
                     pytest.fail("webserver did not start:\n" + (tmp_path / "webserver.log").read_text()[-3000:])
-                time.sleep(1)
+                time.sleep(0.3)
         url = f"http://127.0.0.1:{port}/locations/melodee_pipeline/jobs/staging_scan_job"
         shot = tmp_path / "job.png"
         args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-                "--virtual-time-budget=20000", "--window-size=1400,900"]
-        dom = subprocess.run(args + ["--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
-        subprocess.run(args + [f"--screenshot={shot}", url], capture_output=True, timeout=180)
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=20000",
+                "--window-size=1400,900"]
+        dom, _ = run_together([args + [f"--user-data-dir={tmp_path / 'chrome1'}", "--dump-dom", url],
+                               args + [f"--user-data-dir={tmp_path / 'chrome2'}", f"--screenshot={shot}", url]])
         assert "staging_scan_job" in dom
         for op in ("scan_inbound", "group_albums", "stage_albums", "record_staging_items"):
             assert op in dom, op

@@ -17,7 +17,7 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from melodee_pipeline import convergence, cycle
+from melodee_pipeline import convergence, cycle, faults
 from melodee_pipeline.errors import DatabaseUnavailable, UserError
 from melodee_pipeline.grouping import group_albums as group_scan_db
 from melodee_pipeline.orchestration import assets
@@ -158,7 +158,7 @@ def stage_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_
     return replace(run, stage=result)
 
 
-@dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=5))
+@dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=faults.retry_delay(5)))
 def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, database: MelodeeDatabase,
                          staging_lock: StagingRunLock) -> dict:
     with hard_failure(retry=True):
