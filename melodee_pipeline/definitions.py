@@ -3,14 +3,16 @@
 import dagster as dg
 
 from melodee_pipeline.orchestration.job import staging_scan_job
+from melodee_pipeline.orchestration.reconcile import reconcile_staging_job, reconcile_staging_schedule
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
 from melodee_pipeline.orchestration.sensor import staging_scan_sensor
 
 _database = MelodeeDatabase()
 
 defs = dg.Definitions(
-    jobs=[staging_scan_job],
+    jobs=[staging_scan_job, reconcile_staging_job],
     sensors=[staging_scan_sensor],
+    schedules=[reconcile_staging_schedule],
     resources={
         "database": _database,
         "staging_lock": StagingRunLock(database=_database),

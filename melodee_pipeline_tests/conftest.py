@@ -9,6 +9,7 @@ what `db init` creates: that is what a real installation looks like.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 import warnings
@@ -162,6 +163,28 @@ def tree(root: Path) -> dict[str, int]:
             p = os.path.join(dirpath, n)
             out[os.path.relpath(p, root)] = os.lstat(p).st_size if n in names else -1
     return out
+
+
+_opened: list[str] | None = None  # set while opened_during() records opens
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one records only inside opened_during()
+
+
+def opened_during(fn) -> tuple[object, list[str]]:
+    """Run fn; return its result and every path this process opened meanwhile (builtin `open` and
+    `os.open`). Work in other processes is not seen: run it with workers=1."""
+    global _opened
+    _opened = []
+    try:
+        return fn(), list(_opened)
+    finally:
+        _opened = None
 
 
 SUMMARIES = pytest.StashKey[list]()

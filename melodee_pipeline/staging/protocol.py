@@ -256,6 +256,11 @@ def _is_regular(path: str) -> bool:
         return False
 
 
+def present_tracks(root: str, sidecar: dict) -> list[dict]:
+    """The sidecar's tracks whose file is in staging: a sidecar lists exactly these."""
+    return [t for t in sidecar.get("tracks") or [] if _is_regular(os.path.join(root, t.get("file_path") or ""))]
+
+
 def _fingerprint(sidecar: dict) -> str:
     """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
     return json.dumps([sidecar["tracks"], sidecar.get("validation")])
@@ -282,13 +287,13 @@ def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, i
     existing = sc.read(album_dir)
     doc = existing or sc.new_sidecar(scan_id, **info)
     before = _fingerprint(doc) if existing else None
-    doc["tracks"] = [t for t in doc.get("tracks") or [] if _is_regular(os.path.join(root, t.get("file_path") or ""))]
+    doc["tracks"] = present_tracks(root, doc)
     added = sc.merge_tracks(doc, [a.track for a in out.actions if a.placed])
     if not doc["tracks"]:
         # Nothing of this album is here (every move failed, or its files left): no phantom album.
         if existing:
             os.unlink(os.path.join(album_dir, sc.SIDECAR_NAME))
-        _remove_empty_dirs(root, album_dir)
+        remove_empty_dirs(root, album_dir)
         return existing is not None, False
     sc.add_warnings(doc, out.warnings, [f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error])
     out.tracks = len(doc["tracks"])
@@ -300,7 +305,8 @@ def _write_sidecar(root: str, album_dir: str, out: AlbumOutcome, scan_id: str, i
     return True, added > 0
 
 
-def _remove_empty_dirs(root: str, album_dir: str) -> None:
+def remove_empty_dirs(root: str, album_dir: str) -> None:
+    """An album directory left empty goes, and so do its emptied parents (never the root)."""
     d = album_dir
     while d != root and d.startswith(root + os.sep):
         try:
