@@ -93,8 +93,7 @@ def reconcile(engine: sa.Engine, staging_root: str, *, dry_run: bool = False, re
         else:
             # Finish what a crash left and record the pending rows, as a run would, before the walk.
             result.recovered = len(prepare_staging(root, logger))
-            recorded = record_staging_items(engine, root)
-            problems += recorded.unreadable
+            problems = record_staging_items(engine, root).unreadable  # the journal's problems included
             skip = set()
             os.makedirs(temp_dir(root), exist_ok=True)  # prepare_staging cleared it; the walk writes there
         try:
