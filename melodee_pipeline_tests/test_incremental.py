@@ -175,6 +175,17 @@ def test_reconcile_heals_hand_edits_and_restores_deleted_rows_only_when_asked(fi
     assert rows(engine)[str(staging / PF)][1:] == (1, "pending_review", checksum(sidecar_path(libs, PF)))
 
 
+def test_reconcile_leaves_an_unreadable_sidecar_and_its_row_alone(five_albums, engine, capsys):
+    sidecar_path(five_albums, LZ).write_text('{"tracks": [')  # a hand edit gone wrong
+    before = rows(engine), tree(five_albums["staging"])
+    assert main(["reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "  albums: 5 in staging, 4 unchanged, 1 unreadable\n" in out
+    assert "  rows without an album in staging (kept): 0\n" in out
+    assert f"  unreadable       {five_albums['staging'] / LZ}  (JSONDecodeError: " in out
+    assert (rows(engine), tree(five_albums["staging"])) == before
+
+
 def test_reconcile_refuses_while_a_run_holds_the_staging_lock(five_albums, engine, capsys):
     (five_albums["staging"] / LZ / "02 - Rock and Roll.flac").unlink()
     before = tree(five_albums["staging"])
