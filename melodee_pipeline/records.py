@@ -91,11 +91,12 @@ def record_staging_items(engine: sa.Engine, staging_root: str, *, dry_run: bool 
     if dry_run:
         return result
     root = os.path.normpath(staging_root)
-    pending, result.unreadable = journal.entries(root, journal.STAGED)
     faults.point("before_record")  # sidecars complete, rows not yet written
     try:
-        for start in range(0, len(pending), BATCH):
-            _record_batch(engine, root, pending[start:start + BATCH], result)
+        # One batch of entries in memory at a time: memory stays flat however many albums a run staged.
+        for pending, problems in journal.batches(root, journal.STAGED, BATCH):
+            result.unreadable += problems
+            _record_batch(engine, root, pending, result)
     except sa.exc.DBAPIError as exc:
         # The journal entries stay, so the next run records whatever this one could not.
         raise database_error(engine, exc) from None
