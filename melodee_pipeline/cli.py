@@ -243,7 +243,7 @@ def cmd_reconcile(args) -> int:
     would = "would be " if r.dry_run else ""
     print(f"reconcile {libs.staging.path}{' [dry run: nothing changed]' if r.dry_run else ''}")
     print(f"  journal: {r.pending} pending album(s) {'to record' if r.dry_run else 'recorded'} first"
-          + (f", {r.recovered} interrupted album(s) finished" if r.recovered else ""))
+          + (f", {r.recovered} file(s) of interrupted albums placed" if r.recovered else ""))
     print(f"  albums: {r.albums} in staging, {r.unchanged} unchanged, {r.unreadable} unreadable")
     print(f"  sidecars: {r.sidecars_rewritten} {would}rewritten without {r.tracks_dropped} missing file(s), "
           f"{r.sidecars_removed} {would}removed (no file left)")

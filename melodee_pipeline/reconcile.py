@@ -56,7 +56,7 @@ class Drift:
 class ReconcileResult:
     dry_run: bool
     pending: int = 0  # albums the journal still had to record, recorded first
-    recovered: int = 0  # interrupted albums finished from the journal first
+    recovered: int = 0  # files of interrupted albums placed from the journal first
     albums: int = 0  # sidecars found
     unchanged: int = 0  # row equal to its sidecar, every listed file present
     sidecars_rewritten: int = 0
