@@ -245,6 +245,45 @@ def cmd_undo(args) -> int:
     return 1 if any(a.status == "refused" for a in result.albums) else 0
 
 
+def cmd_reconcile(args) -> int:
+    from melodee_pipeline.db.engine import reported
+    from melodee_pipeline.libraries import resolve_libraries
+    from melodee_pipeline.lock import staging_lock
+    from melodee_pipeline.reconcile import reconcile
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    engine = _engine()
+    with reported(engine):
+        with engine.connect() as conn:
+            libs = resolve_libraries(conn)
+        if libs.locked:
+            print(f"{libs.locked.type} library {libs.locked.name!r} (id {libs.locked.id}) is locked; nothing to do")
+            return 0
+        with staging_lock(engine, f"reconcile (pid {os.getpid()})"):
+            r = reconcile(engine, libs.staging.path, dry_run=args.dry_run, restore_deleted=args.restore_deleted,
+                          logger=logging.getLogger("melodee_pipeline"))
+    would = "would be " if r.dry_run else ""
+    print(f"reconcile {libs.staging.path}{' [dry run: nothing changed]' if r.dry_run else ''}")
+    print(f"  journal: {r.pending} pending album(s) {'to record' if r.dry_run else 'recorded'} first"
+          + (f", {r.recovered} file(s) of interrupted albums placed" if r.recovered else ""))
+    print(f"  albums: {r.albums} in staging, {r.unchanged} unchanged, {r.unreadable} unreadable")
+    print(f"  sidecars: {r.sidecars_rewritten} {would}rewritten without {r.tracks_dropped} missing file(s), "
+          f"{r.sidecars_removed} {would}removed (no file left)")
+    print(f"  rows: {r.rows_updated} {would}updated ({r.rows_reopened} reopened), {r.rows_restored} {would}restored, "
+          f"{r.deleted_kept} deleted by the admin kept deleted"
+          + ("" if args.restore_deleted or not r.deleted_kept else " (--restore-deleted re-creates them)")
+          + f", {r.refused} refused")
+    print(f"  rows without an album in staging (kept): {r.orphaned_rows}")
+    for d in r.drift[:DRIFT_SHOWN]:
+        print(f"  {d.kind:<16} {d.staging_path}" + (f"  ({d.detail})" if d.detail else ""))
+    if len(r.drift) > DRIFT_SHOWN:
+        print(f"  ... and {len(r.drift) - DRIFT_SHOWN} more")
+    return 0
+
+
+DRIFT_SHOWN = 50  # drifted albums listed by `reconcile`
+
+
 @contextlib.contextmanager
 def _environ(**values: str) -> Iterator[None]:
     """Set environment variables for the duration (Dagster reads its instance from them)."""
@@ -512,6 +551,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="max file moves per second, 0 = unlimited (default: 0)")
     ps.add_argument("--dry-run", action="store_true", help="plan only: move nothing, write no rows (default: off)")
     ps.set_defaults(fn=cmd_process_scan)
+
+    rc = sub.add_parser("reconcile", help="walk staging: repair sidecars and staging_items rows",
+                        description="Walk the whole staging tree (a run never does) and repair drift: a sidecar "
+                                    "listing files that are gone is rewritten without them (removed when none is "
+                                    "left); a row that differs from its sidecar is updated. A missing row was "
+                                    "deleted by the admin and is re-created only with --restore-deleted; rows "
+                                    "whose album is gone are reported, never deleted. Takes the staging lock.")
+    rc.add_argument("--dry-run", action="store_true", help="report only: change no file and no row (default: off)")
+    rc.add_argument("--restore-deleted", action="store_true",
+                    help="re-create rows the admin deleted while the album stays in staging (default: off)")
+    rc.set_defaults(fn=cmd_reconcile)
 
     rn = sub.add_parser("run", help="one cycle through staging_scan_job",
                         description="Run staging_scan_job once in this process, recorded on the Dagster instance; "

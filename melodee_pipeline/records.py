@@ -92,13 +92,13 @@ def record_staging_items(engine: sa.Engine, staging_root: str, *, dry_run: bool 
     if dry_run:
         return result
     root = os.path.normpath(staging_root)
-    found, result.unreadable = journal.entries(root)
-    pending = [e for e in found if e.state == journal.STAGED]
     faults.point("before_record")  # sidecars complete, rows not yet written
     try:
-        settle_undone(engine, root, [e for e in found if e.state == journal.UNDONE], result)
-        for start in range(0, len(pending), BATCH):
-            _record_batch(engine, root, pending[start:start + BATCH], result)
+        # One batch of entries in memory at a time: memory stays flat however many albums a run staged.
+        for found, problems in journal.batches(root, None, BATCH):
+            result.unreadable += problems
+            settle_undone(engine, root, [e for e in found if e.state == journal.UNDONE], result)
+            _record_batch(engine, root, [e for e in found if e.state == journal.STAGED], result)
     except sa.exc.DBAPIError as exc:
         # The journal entries stay, so the next run records whatever this one could not.
         raise database_error(engine, exc) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 import warnings
@@ -193,6 +194,28 @@ def run_together(commands: list[list[str]], timeout: float = 180) -> list[str]:
         for p in procs:
             p.kill()
             p.wait()
+
+
+_opened: list[str] | None = None  # set while opened_during() records opens
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes)):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed; this one records only inside opened_during()
+
+
+def opened_during(fn) -> tuple[object, list[str]]:
+    """Run fn; return its result and every path this process opened meanwhile (builtin `open` and
+    `os.open`). Work in other processes is not seen: run it with workers=1."""
+    global _opened
+    _opened = []
+    try:
+        return fn(), list(_opened)
+    finally:
+        _opened = None
 
 
 SUMMARIES = pytest.StashKey[list]()

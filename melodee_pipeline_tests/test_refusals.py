@@ -6,34 +6,19 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import sys
 import time
 from functools import partial
 
 from melodee_pipeline.samples import Tags, make_track, tag
 from melodee_pipeline.scan.scanner import scan_inbound
+from melodee_pipeline_tests import conftest
 from melodee_pipeline_tests.conftest import age
-
-_opened: list[str] | None = None  # set while a test records opens
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes)):
-        _opened.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)  # audit hooks cannot be removed; this one records only inside opened_during()
 
 
 def opened_during(inbound, fn) -> tuple[object, list[str]]:
     """Run fn with workers=1 scans in this process; return its result and the inbound files it opened."""
-    global _opened
-    _opened = []
-    try:
-        result = fn()
-        return result, sorted(os.path.basename(p) for p in _opened if p.startswith(str(inbound)))
-    finally:
-        _opened = None
+    result, opened = conftest.opened_during(fn)
+    return result, sorted(os.path.basename(p) for p in opened if p.startswith(str(inbound)))
 
 
 def refused(scan_db: str) -> dict[str, tuple]:

@@ -32,6 +32,11 @@ def is_regular(path: str) -> bool:
         return False
 
 
+def present_tracks(root: str, sidecar: dict) -> list[dict]:
+    """The sidecar's tracks whose file is in staging: a sidecar lists exactly these."""
+    return [t for t in sidecar.get("tracks") or [] if is_regular(os.path.join(root, t.get("file_path") or ""))]
+
+
 def _fingerprint(sidecar: dict) -> str:
     """What a run may change; the stamp (scan_id, processed_at) alone is no reason to rewrite."""
     return json.dumps([sidecar["tracks"], sidecar.get("validation"), sidecar.get("album")])
@@ -47,7 +52,7 @@ def write_sidecar(root: str, album_dir: str, scan_id: str, info: dict, tmp_dir: 
     existing = sc.read(album_dir)
     doc = existing or sc.new_sidecar(scan_id, **info)
     before = _fingerprint(doc) if existing else None
-    doc["tracks"] = [t for t in doc.get("tracks") or [] if is_regular(os.path.join(root, t.get("file_path") or ""))]
+    doc["tracks"] = present_tracks(root, doc)
     added = sc.merge_tracks(doc, list(placed))
     if not doc["tracks"]:
         # Nothing of this album is here (every move failed, or its files left): no phantom album.

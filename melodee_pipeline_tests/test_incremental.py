@@ -1,0 +1,240 @@
+"""A run costs what is new: rows from the journal, no walk of staging, remembered refusals; and
+`reconcile`, which walks staging on demand and repairs drift. Real audio, real Postgres."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from melodee_pipeline import cycle
+from melodee_pipeline.cli import main
+from melodee_pipeline.definitions import defs
+from melodee_pipeline.errors import DatabaseUnavailable
+from melodee_pipeline.grouping import group_albums
+from melodee_pipeline.lock import staging_lock
+from melodee_pipeline.reconcile import reconcile
+from melodee_pipeline.samples import Tags, make_track, tag
+from melodee_pipeline.scan.scanner import scan_inbound
+from melodee_pipeline.staging import journal
+from melodee_pipeline.staging.stage import stage_albums
+from melodee_pipeline_tests.conftest import age, album, opened_during, snapshot, tree
+
+LOG = logging.getLogger("test_incremental")
+
+
+def run_once(libs, engine, workers: int = 1):
+    """One cycle as `process-scan` runs it: scan, then group -> stage -> record."""
+    scan = scan_inbound(str(libs["inbound"]), str(libs["scandbs"]), workers=workers, min_file_age_seconds=0)
+    run = cycle.run_from_scan_db(scan.scan_db, str(libs["staging"]), workers=workers, rate_limit=0, dry_run=False)
+    _, staged, rows = cycle.stage_scan(run, engine, LOG)
+    return scan, staged, rows
+
+
+def rows(engine) -> dict[str, tuple]:
+    with engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT staging_path, album_name, track_count, status, checksum FROM staging_items"))
+        return {r.staging_path: tuple(r[1:]) for r in got}
+
+
+def sidecar_path(libs, rel: str) -> Path:
+    return libs["staging"] / rel / "album.melodee.json"
+
+
+def checksum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+LZ, ACDC, PF, BEA, BAND = ("LZ/Led Zeppelin/1971 - IV", "ACD/AC-DC/1980 - Back in Black", "PF/Pink Floyd/1977 - Animals",
+                           "BEA/The Beatles/1969 - Abbey Road", "BAN/Band/2001 - Record")
+
+
+def test_a_run_after_an_interrupted_record_step_records_the_missed_albums(libs, engine):
+    album(libs["inbound"], "Led Zeppelin", "IV", 1971, ["Black Dog", "Rock and Roll"], ".flac")
+    age(libs["inbound"])
+    down = sa.create_engine("postgresql+psycopg2://nobody:secret@127.0.0.1:1/none")  # nothing listens on port 1
+    with pytest.raises(DatabaseUnavailable):
+        run_once(libs, down)
+    assert rows(engine) == {}
+    pending, _ = journal.entries(str(libs["staging"]), journal.STAGED)
+    assert [e.album_dir for e in pending] == [LZ]
+    album(libs["inbound"], "AC/DC", "Back in Black", 1980, ["Hells Bells"], ".ogg", seed=5)
+    age(libs["inbound"])
+    _, staged, recorded = run_once(libs, engine)
+    assert staged.albums_total == 1 and recorded.inserted == 2  # the new album and the missed one
+    got = rows(engine)
+    assert sorted(got) == [str(libs["staging"] / ACDC), str(libs["staging"] / LZ)]
+    assert got[str(libs["staging"] / LZ)][1:] == (2, "pending_review", checksum(sidecar_path(libs, LZ)))
+    assert not (libs["staging"] / journal.JOURNAL_DIR).exists()
+
+
+def test_a_run_with_no_new_work_opens_no_sidecar_and_no_leftover(libs, engine):
+    album(libs["inbound"], "Led Zeppelin", "IV", 1971, ["Black Dog", "Rock and Roll"], ".flac")
+    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs"], ".mp3", seed=3)
+    make_track(str(libs["inbound"] / "left" / "no_title.flac"), Tags("A", "B"), seed=7)
+    (libs["inbound"] / "left" / "junk.ogg").write_text("not audio" * 50)
+    age(libs["inbound"])
+    _, staged, recorded = run_once(libs, engine)
+    assert (staged.albums_total, recorded.inserted) == (2, 2)
+    before = rows(engine), snapshot(libs["inbound"], libs["staging"])
+
+    (scan, staged, recorded), opened = opened_during(lambda: run_once(libs, engine))
+    assert (scan.files, scan.unchanged, staged.albums_total) == (2, 2, 0)
+    assert (recorded.inserted, recorded.updated, recorded.unchanged) == (0, 0, 0)
+    touched = [p for p in opened if p.startswith((str(libs["staging"]), str(libs["inbound"])))]
+    assert touched == []
+    assert (rows(engine), snapshot(libs["inbound"], libs["staging"])) == before
+    # The same hook does see sidecar reads: reconcile reads every one.
+    _, opened = opened_during(lambda: reconcile(engine, str(libs["staging"]), dry_run=True))
+    assert sorted(p for p in opened if p.endswith("album.melodee.json")) == \
+        [str(sidecar_path(libs, LZ)), str(sidecar_path(libs, PF))]
+
+
+def test_a_leftover_that_changes_is_read_again_and_staged(libs, engine):
+    leftover = libs["inbound"] / "Band - Record" / "01 untitled.mp3"
+    make_track(str(leftover), Tags("Band", "Record", None, None, 1, None, 2001))
+    age(libs["inbound"])
+    scan, staged, _ = run_once(libs, engine)
+    assert (scan.invalid, staged.albums_total) == (1, 0)
+    (scan, _, _), opened = opened_during(lambda: run_once(libs, engine))
+    assert scan.unchanged == 1 and str(leftover) not in opened
+    tag(str(leftover), Tags(title="Song"))  # the admin fixes the tags
+    age(libs["inbound"])
+    (scan, staged, recorded), opened = opened_during(lambda: run_once(libs, engine))
+    assert str(leftover) in opened
+    assert (scan.valid, scan.invalid, scan.unchanged) == (1, 0, 0)
+    assert (staged.files_moved, recorded.inserted) == (1, 1)
+    assert not leftover.exists() and (libs["staging"] / BAND / "01 - Song.mp3").is_file()
+    assert list(rows(engine)) == [str(libs["staging"] / BAND)]
+
+
+@pytest.fixture
+def five_albums(env, libs, engine):
+    """Five albums staged and recorded; returns libs."""
+    album(libs["inbound"], "Led Zeppelin", "IV", 1971, ["Black Dog", "Rock and Roll"], ".flac")
+    album(libs["inbound"], "AC/DC", "Back in Black", 1980, ["Hells Bells"], ".ogg", seed=5)
+    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs"], ".mp3", seed=3)
+    album(libs["inbound"], "The Beatles", "Abbey Road", 1969, ["Something"], ".opus", seed=9)
+    album(libs["inbound"], "Band", "Record", 2001, ["Song"], ".mp3", seed=11)
+    age(libs["inbound"])
+    _, _, recorded = run_once(libs, engine, workers=2)
+    assert recorded.inserted == 5
+    return libs
+
+
+def test_reconcile_heals_hand_edits_and_restores_deleted_rows_only_when_asked(five_albums, engine, capsys):
+    libs, staging = five_albums, five_albums["staging"]
+    (staging / LZ / "02 - Rock and Roll.flac").unlink()  # a track removed by hand
+    doc = json.loads(sidecar_path(libs, ACDC).read_text())
+    doc["album"]["name"] = "Back in Black (fixed by hand)"  # a sidecar edited by hand
+    sidecar_path(libs, ACDC).write_text(json.dumps(doc))
+    with engine.begin() as conn:  # the admin deleted a rejected row; its files stay in staging
+        conn.execute(sa.text("DELETE FROM staging_items WHERE staging_path = :p"), {"p": str(staging / PF)})
+    (staging / BEA / "01 - Something.opus").unlink()  # every track of an album gone: no phantom album
+    shutil.rmtree(staging / "BAN")  # promoted by hand, row left behind
+    before = rows(engine), tree(staging)
+
+    assert main(["reconcile", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (rows(engine), tree(staging)) == before
+    assert "  sidecars: 1 would be rewritten without 2 missing file(s), 1 would be removed (no file left)\n" in out
+    assert "  rows: 2 would be updated (0 reopened), 0 would be restored, 1 deleted by the admin kept deleted " \
+           "(--restore-deleted re-creates them), 0 refused\n" in out
+
+    assert main(["reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "  albums: 4 in staging, 0 unchanged, 0 unreadable\n" in out  # BAN's directory is gone
+    assert "  sidecars: 1 rewritten without 2 missing file(s), 1 removed (no file left)\n" in out
+    assert "  rows: 2 updated (0 reopened), 0 restored, 1 deleted by the admin kept deleted " \
+           "(--restore-deleted re-creates them), 0 refused\n" in out
+    assert "  rows without an album in staging (kept): 2\n" in out
+    lz = json.loads(sidecar_path(libs, LZ).read_bytes())
+    assert [t["name"] for t in lz["tracks"]] == ["Black Dog"]
+    assert lz["validation"]["warnings"] == [f"{LZ}/02 - Rock and Roll.flac: missing from staging; removed from the sidecar by reconcile"]
+    got = rows(engine)
+    assert got[str(staging / LZ)][1::2] == (1, checksum(sidecar_path(libs, LZ)))
+    assert got[str(staging / ACDC)][::3] == ("Back in Black (fixed by hand)", checksum(sidecar_path(libs, ACDC)))
+    assert str(staging / PF) not in got
+    assert not (staging / "BEA").exists()  # sidecar and emptied directories gone
+    assert {str(staging / BEA), str(staging / BAND)} <= set(got)  # rows are Melodee's: reported, kept
+
+    assert main(["reconcile"]) == 0  # converged: nothing left to repair
+    out = capsys.readouterr().out
+    assert "  albums: 3 in staging, 2 unchanged, 0 unreadable\n" in out
+    assert "  sidecars: 0 rewritten without 0 missing file(s), 0 removed (no file left)\n" in out
+
+    assert main(["reconcile", "--restore-deleted"]) == 0
+    assert "  rows: 0 updated (0 reopened), 1 restored, 0 deleted by the admin kept deleted, 0 refused\n" in capsys.readouterr().out
+    assert rows(engine)[str(staging / PF)][1:] == (1, "pending_review", checksum(sidecar_path(libs, PF)))
+
+
+def test_reconcile_leaves_an_unreadable_sidecar_and_its_row_alone(five_albums, engine, capsys):
+    sidecar_path(five_albums, LZ).write_text('{"tracks": [')  # a hand edit gone wrong
+    before = rows(engine), tree(five_albums["staging"])
+    assert main(["reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "  albums: 5 in staging, 4 unchanged, 1 unreadable\n" in out
+    assert "  rows without an album in staging (kept): 0\n" in out
+    assert f"  unreadable       {five_albums['staging'] / LZ}  (JSONDecodeError: " in out
+    assert (rows(engine), tree(five_albums["staging"])) == before
+
+
+def test_reconcile_refuses_while_a_run_holds_the_staging_lock(five_albums, engine, capsys):
+    (five_albums["staging"] / LZ / "02 - Rock and Roll.flac").unlink()
+    before = tree(five_albums["staging"])
+    with staging_lock(engine, "first-run-id"):
+        assert main(["reconcile"]) == 2
+    assert capsys.readouterr().err == "error: another staging run is in progress (run first-run-id)\n"
+    assert tree(five_albums["staging"]) == before
+
+
+def job_metadata(result) -> dict:
+    [event] = [e for e in result.all_events if e.step_key == "reconcile_staging" and e.is_successful_output]
+    return {k: getattr(v, "records", None) or v.value for k, v in event.event_specific_data.metadata.items()}
+
+
+def test_reconcile_job_records_the_journal_first_then_repairs(env, libs, engine):
+    album(libs["inbound"], "Led Zeppelin", "IV", 1971, ["Black Dog", "Rock and Roll"], ".flac")
+    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs"], ".mp3", seed=3)
+    age(libs["inbound"])
+    scan = scan_inbound(str(libs["inbound"]), str(libs["scandbs"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    stage_albums(scan.scan_db, str(libs["staging"]))  # no record step: two rows pending in the journal
+    (libs["staging"] / LZ / "02 - Rock and Roll.flac").unlink()
+    job = defs.get_job_def("reconcile_staging_job")
+    instance = dg.DagsterInstance.ephemeral()
+
+    before = tree(libs["staging"])
+    dry = job.execute_in_process(run_config={"ops": {"reconcile_staging": {"config": {"dry_run": True}}}}, instance=instance)
+    md = job_metadata(dry)
+    assert (md["pending"], md["sidecars_rewritten"], md["rows_updated"], md["dry_run"]) == (2, 1, 0, True)
+    assert tree(libs["staging"]) == before and rows(engine) == {}
+
+    result = job.execute_in_process(instance=instance)
+    md = job_metadata(result)
+    assert (md["pending"], md["albums"], md["sidecars_rewritten"], md["rows_updated"], md["unchanged"]) == (2, 2, 1, 1, 1)
+    assert [(r.data["staging_path"], r.data["kind"]) for r in md["drift"]] == \
+        [(str(libs["staging"] / LZ), "tracks_missing"), (str(libs["staging"] / LZ), "row_updated")]
+    assert result.output_for_node("reconcile_staging")["rows_updated"] == 1
+    got = rows(engine)
+    assert sorted(got) == [str(libs["staging"] / LZ), str(libs["staging"] / PF)]
+    assert got[str(libs["staging"] / LZ)][1::2] == (1, checksum(sidecar_path(libs, LZ)))
+    assert not (libs["staging"] / journal.JOURNAL_DIR).exists()
+    assert not (libs["staging"] / ".melodee-tmp").exists()
+
+    with staging_lock(engine, "first-run-id"):
+        locked = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not locked.success
+
+
+def test_reconcile_schedule_is_weekly_and_off_until_turned_on():
+    schedule = next(s for s in defs.schedules if s.name == "reconcile_staging_schedule")
+    assert schedule.job_name == "reconcile_staging_job" and schedule.cron_schedule == "0 4 * * 0"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
