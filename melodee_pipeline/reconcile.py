@@ -28,7 +28,7 @@ from melodee_pipeline.records import BATCH, RecordResult, existing_rows, record_
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.moves import remove_temp_dir, temp_dir
-from melodee_pipeline.staging.albumdir import present_tracks, remove_empty_dirs
+from melodee_pipeline.staging.albumdir import present_tracks, refresh_checks, remove_empty_dirs
 from melodee_pipeline.staging.stage import prepare_staging
 
 OWN_DIRS = ".melodee-"  # the journal and the temp dir under the staging root: not albums
@@ -177,6 +177,7 @@ def heal_sidecar(root: str, album_dir: str, data: bytes, result: ReconcileResult
     result.add(album_dir, TRACKS_MISSING, "; ".join(missing))
     doc["tracks"] = present
     sc.add_warnings(doc, [f"{path}: missing from staging; removed from the sidecar by reconcile" for path in missing])
+    refresh_checks(album_dir, doc)  # the album checks describe the album as it now stands
     return sc.serialize(doc) if result.dry_run else sc.write_atomic(album_dir, doc, temp_dir(root))
 
 
