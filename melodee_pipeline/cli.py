@@ -101,8 +101,8 @@ def cmd_settings(args) -> int:
             value = raw.get(args.key)
             print(st.SPECS[args.key].default if value is None else value)
         else:
-            parsed = st.set_setting(conn, args.key, args.value)
-            print(f"{args.key} = {parsed}")
+            st.set_setting(conn, args.key, args.value)
+            print(f"{args.key} = {args.value.strip()}")
     return 0
 
 
@@ -190,16 +190,15 @@ def _database_configured() -> bool:
 
 def cmd_process_scan(args) -> int:
     import logging
-    from contextlib import nullcontext
 
     from melodee_pipeline import cycle
-    from melodee_pipeline.lock import staging_lock
+    from melodee_pipeline.lock import staging_dir_lock, staging_lock
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     staging = os.path.normpath(os.path.abspath(args.staging))
     engine = _engine() if _database_configured() else None
     run = cycle.run_from_scan_db(args.scan, staging, workers=args.workers, rate_limit=args.rate_limit, dry_run=args.dry_run)
-    with staging_lock(engine, f"process-scan (pid {os.getpid()})") if engine else nullcontext():
+    with staging_lock(engine, f"process-scan (pid {os.getpid()})") if engine else staging_dir_lock(staging):
         g, s, rows = cycle.stage_scan(run, engine, logging.getLogger("melodee_pipeline"))
     from melodee_pipeline.scan import scandb
 

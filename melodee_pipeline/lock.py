@@ -5,12 +5,14 @@ The holder tags its connection's application_name, so a refused run can say whic
 
 from __future__ import annotations
 
+import fcntl
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
 import sqlalchemy as sa
 
-from melodee_pipeline.errors import StagingLocked
+from melodee_pipeline.errors import StagingLocked, UserError
 
 LOCK_KEY = 0x4D454C4F  # "MELO"; fits in objid with classid 0
 APP_PREFIX = "melodee-pipeline run "
@@ -45,3 +47,21 @@ def holder(conn: sa.Connection) -> str | None:
         {"k": LOCK_KEY},
     ).scalar()
     return name[len(APP_PREFIX):] if name and name.startswith(APP_PREFIX) else name
+
+
+@contextmanager
+def staging_dir_lock(staging_root: str) -> Iterator[None]:
+    """Without a database (`process-scan` alone) two runs on one staging tree still exclude each
+    other: an exclusive flock on the staging directory itself, released when the process ends."""
+    try:
+        fd = os.open(staging_root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        raise UserError(f"staging path {staging_root} does not exist or is not a directory") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StagingLocked(f"another staging run is in progress on {staging_root}") from None
+        yield
+    finally:
+        os.close(fd)

@@ -163,3 +163,20 @@ def test_two_real_runs_at_once_one_refused(env, libs, engine, tmp_path, db_url):
     assert '"albums_success": 4' in out
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 4
+
+
+def test_process_scan_without_a_database_is_still_one_at_a_time(dirs, monkeypatch, capsys):
+    from melodee_pipeline.lock import staging_dir_lock
+
+    monkeypatch.delenv("MELODEE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("MELODEE_HOME", str(dirs["scans"] / "nohome"))  # no database configured
+    album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".mp3")
+    assert main(["scan-inbound", "--path", str(dirs["inbound"]), "--output", str(dirs["scans"]), "--min-file-age", "0"]) == 0
+    scan_db = capsys.readouterr().out.strip()
+    before = (tree(dirs["inbound"]), tree(dirs["staging"]))
+    with staging_dir_lock(str(dirs["staging"])):  # another process-scan on the same staging tree
+        assert main(["process-scan", "--scan", scan_db, "--staging", str(dirs["staging"])]) == 2
+    assert capsys.readouterr().err == f"error: another staging run is in progress on {dirs['staging']}\n"
+    assert (tree(dirs["inbound"]), tree(dirs["staging"])) == before
+    assert main(["process-scan", "--scan", scan_db, "--staging", str(dirs["staging"])]) == 0
+    assert len(list(dirs["staging"].rglob("*.mp3"))) == 1

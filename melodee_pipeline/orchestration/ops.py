@@ -169,7 +169,7 @@ def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, 
         context.log.warning(f"{len(result.refused)} row(s) refused by Postgres, each failing only its album: "
                             + "; ".join(result.refused[:20]))
     rows = {"inserted": result.inserted, "updated": result.updated, "reopened": result.reopened,
-            "unchanged": result.unchanged, "deleted_kept": result.deleted_kept, "refused": len(result.refused)}
+            "unchanged": result.unchanged, "deleted_kept": result.deleted_kept, "rows_refused": len(result.refused)}
     if run.dry_run:
         context.log.info(f"staging_items: would write {result.inserted} new and {result.updated} updated rows")
     else:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from melodee_pipeline.staging.moves import fsync_dir, temp_dir
+from melodee_pipeline.staging.moves import fsync_dir, replace_durably, temp_dir
 
 JOURNAL_DIR = ".melodee-journal"
 MOVING, STAGED = "moving", "staged"
@@ -69,21 +68,8 @@ def write(staging_root: str, entry: Entry) -> None:
     if not os.path.isdir(directory):
         os.makedirs(directory, exist_ok=True)
         fsync_dir(staging_root)
-    final = _path(staging_root, entry.album_dir)
-    # The temp file lives in the staging temp dir, which every run clears first (under the lock).
-    os.makedirs(temp_dir(staging_root), exist_ok=True)
-    tmp = os.path.join(temp_dir(staging_root), f"journal-{uuid.uuid4().hex}")
     data = json.dumps(asdict(entry), ensure_ascii=True).encode()  # ASCII: lone surrogates round-trip
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(directory)
+    replace_durably(_path(staging_root, entry.album_dir), data, temp_dir(staging_root))
 
 
 def read(staging_root: str, album_dir: str) -> Entry | None:

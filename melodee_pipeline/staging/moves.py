@@ -54,6 +54,24 @@ def makedirs_durable(path: str, stop_at: str) -> None:
         fsync_dir(os.path.dirname(d))
 
 
+def replace_durably(final: str, data: bytes, tmp_dir: str) -> None:
+    """Temp file + fsync + rename + fsync of the directory: a reader sees the old file or the new
+    one, never half of one, and a power cut keeps the new one. The temp file lives in the staging
+    temp dir, which every run clears first, so a crash never leaves debris beside `final`."""
+    os.makedirs(tmp_dir, exist_ok=True)
+    tmp = os.path.join(tmp_dir, f"replace-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(os.path.dirname(final))
+
+
 def regular_file_sha256(path: str | bytes) -> str | None:
     """sha256 of the regular file at `path`, never through a symlink; None when there is no
     regular file there (absent, a symlink, a directory, a device)."""

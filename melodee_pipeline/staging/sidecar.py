@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from datetime import datetime, timezone
 
 from melodee_pipeline.grouping import album_group_hash, album_group_id
-from melodee_pipeline.staging.moves import fsync_dir
+from melodee_pipeline.staging.moves import replace_durably
 
 SIDECAR_NAME = "album.melodee.json"
 VERSION = "1.0"
@@ -76,21 +75,9 @@ def checksum(data: bytes) -> str:
 
 
 def write_atomic(album_dir: str, sidecar: dict, tmp_dir: str) -> bytes:
-    """Temp file + fsync + rename: a reader sees the old sidecar or the new one, never half of one.
-    The temp file lives in the staging temp dir, so a crash never leaves debris in an album."""
+    """Replace the sidecar durably: a reader sees the old one or the new one, never half of one."""
     data = serialize(sidecar)
-    final = os.path.join(album_dir, SIDECAR_NAME)
-    tmp = os.path.join(tmp_dir, f"sidecar-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(album_dir)
+    replace_durably(os.path.join(album_dir, SIDECAR_NAME), data, tmp_dir)
     return data
 
 
