@@ -256,7 +256,7 @@ def cmd_reconcile(args) -> int:
         with engine.connect() as conn:
             libs = resolve_libraries(conn)
         if libs.locked:
-            print(f"{libs.locked.type} library {libs.locked.name!r} (id {libs.locked.id}) is locked; nothing to do")
+            print(f"{libs.locked_reason}; nothing to do")
             return 0
         with staging_lock(engine, f"reconcile (pid {os.getpid()})"):
             r = reconcile(engine, libs.staging.path, dry_run=args.dry_run, restore_deleted=args.restore_deleted,

@@ -137,6 +137,12 @@ class RunLibraries:
     def locked(self) -> Library | None:
         return next((lib for lib in (self.inbound, self.staging) if lib.is_locked), None)
 
+    @property
+    def locked_reason(self) -> str | None:
+        """Why a run must end without work: a locked library (Melodee is working on it)."""
+        lib = self.locked
+        return f"{lib.type} library {lib.name!r} (id {lib.id}) is locked" if lib else None
+
 
 def _exactly_one(libs: list[Library], type_: str) -> Library:
     found = [lib for lib in libs if lib.type == type_]

@@ -73,7 +73,7 @@ def scan_inbound(context: dg.OpExecutionContext, config: ScanConfig, database: M
             context.log.warning("staging_scan.enabled was set to false after the sensor queued this run; nothing to do")
             return
         if libs.locked:
-            context.log.warning(f"{libs.locked.type} library {libs.locked.name!r} (id {libs.locked.id}) is locked; nothing to do")
+            context.log.warning(f"{libs.locked_reason}; nothing to do")
             return
         if not s.dry_run:
             prepare_staging(libs.staging.path, context.log)  # finish interrupted albums before inbound is read

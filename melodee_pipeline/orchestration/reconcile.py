@@ -37,7 +37,7 @@ def reconcile_staging(context: dg.OpExecutionContext, config: ReconcileConfig, d
         with engine.connect() as conn:
             libs = resolve_libraries(conn)
         if libs.locked:
-            context.log.warning(f"{libs.locked.type} library {libs.locked.name!r} (id {libs.locked.id}) is locked; nothing to do")
+            context.log.warning(f"{libs.locked_reason}; nothing to do")
             return {}
         result = reconcile(engine, libs.staging.path, dry_run=config.dry_run, restore_deleted=config.restore_deleted,
                            logger=context.log)

@@ -54,8 +54,7 @@ def evaluate(context: dg.SensorEvaluationContext, database: MelodeeDatabase, now
     except UserError as exc:
         return dg.SkipReason(str(exc))
     if libs.locked:
-        lib = libs.locked
-        return dg.SkipReason(f"{lib.type} library {lib.name!r} (id {lib.id}) is locked")
+        return dg.SkipReason(libs.locked_reason)
     if context.cursor is None:
         return dg.SkipReason(f"sensor started; ticks of '{settings.schedule}' count from {now:%Y-%m-%d %H:%M:%S} UTC")
     tick = latest_due_tick(settings.schedule, datetime.fromisoformat(context.cursor), now)
