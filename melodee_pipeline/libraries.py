@@ -168,6 +168,12 @@ def check_library_paths(libs: RunLibraries) -> None:
             raise LibraryError(f"{lib.type} library {lib.name!r} (id {lib.id}): path {lib.path} does not exist or is not a directory")
     if not os.access(libs.staging.path, os.W_OK | os.X_OK):
         raise LibraryError(f"staging library {libs.staging.name!r} (id {libs.staging.id}): path {libs.staging.path} is not writable")
-    a, b = os.path.realpath(libs.inbound.path), os.path.realpath(libs.staging.path)
+    check_disjoint(libs.inbound.path, libs.staging.path)
+
+
+def check_disjoint(inbound: str, staging: str) -> None:
+    """Inbound and staging may not contain each other: a scan would read staged files as new ones
+    and "already staged" would then remove their only copy."""
+    a, b = os.path.realpath(inbound), os.path.realpath(staging)
     if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
-        raise LibraryError(f"inbound path {libs.inbound.path} and staging path {libs.staging.path} must not contain each other")
+        raise LibraryError(f"inbound path {inbound} and staging path {staging} must not contain each other")

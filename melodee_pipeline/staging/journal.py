@@ -23,7 +23,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from melodee_pipeline.staging.moves import fsync_dir, replace_durably, temp_dir
+from melodee_pipeline.staging.moves import fsync_dir, own_dir, replace_durably, temp_dir
 
 JOURNAL_DIR = ".melodee-journal"
 MOVING, STAGED = "moving", "staged"
@@ -66,7 +66,7 @@ def write(staging_root: str, entry: Entry) -> None:
     """Durable before it returns: temp file, fsync, rename, fsync of the directory."""
     directory = journal_dir(staging_root)
     if not os.path.isdir(directory):
-        os.makedirs(directory, exist_ok=True)
+        own_dir(directory)
         fsync_dir(staging_root)
     data = json.dumps(asdict(entry), ensure_ascii=True).encode()  # ASCII: lone surrogates round-trip
     replace_durably(_path(staging_root, entry.album_dir), data, temp_dir(staging_root))

@@ -20,6 +20,7 @@ import stat
 import uuid
 
 from melodee_pipeline import faults
+from melodee_pipeline.errors import UserError
 from melodee_pipeline.scan.tags import CHUNK
 
 TEMP_DIR = ".melodee-tmp"  # under the staging root; only this pipeline writes there
@@ -58,7 +59,7 @@ def replace_durably(final: str, data: bytes, tmp_dir: str) -> None:
     """Temp file + fsync + rename + fsync of the directory: a reader sees the old file or the new
     one, never half of one, and a power cut keeps the new one. The temp file lives in the staging
     temp dir, which every run clears first, so a crash never leaves debris beside `final`."""
-    os.makedirs(tmp_dir, exist_ok=True)
+    own_dir(tmp_dir)
     tmp = os.path.join(tmp_dir, f"replace-{uuid.uuid4().hex}")
     try:
         with open(tmp, "xb") as f:
@@ -76,14 +77,16 @@ def regular_file_sha256(path: str | bytes) -> str | None:
     """sha256 of the regular file at `path`, never through a symlink; None when there is no
     regular file there (absent, a symlink, a directory, a device)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted at the name must not hang the run (it is no regular file).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
             return None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
         h = hashlib.sha256()
         while chunk := f.read(CHUNK):
             h.update(chunk)
@@ -140,10 +143,21 @@ def temp_dir(staging_root: str) -> str:
     return os.path.join(staging_root, TEMP_DIR)
 
 
+def own_dir(path: str) -> str:
+    """A directory of the pipeline's own under the staging root (temp files, the journal), made if
+    missing; a symlink or anything else there is refused, so nothing is written or deleted through it."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise UserError(f"refusing to use {path}: it is not a plain directory (a symlink?); remove it")
+    return path
+
+
 def clear_temp_dir(staging_root: str) -> int:
     """Start of a staging run (the caller holds the staging lock): what a crashed run left half-written goes."""
-    path = temp_dir(staging_root)
-    os.makedirs(path, exist_ok=True)
+    path = own_dir(temp_dir(staging_root))
     names = os.listdir(path)
     for name in names:
         os.unlink(os.path.join(path, name))

@@ -90,3 +90,9 @@ def ensure_inside(root: str, path: str) -> str:
     if real != real_root and not real.startswith(real_root + os.sep):
         raise UserError(f"refusing to write {path}: it resolves to {real}, outside the staging root {root}")
     return real
+
+
+def name_key(name: str) -> str:
+    """Names that SMB shares, macOS and case-insensitive filesystems treat as one (letter case,
+    Unicode normalisation) share a key; two files of one album never get names with one key."""
+    return unicodedata.normalize("NFC", name).casefold()

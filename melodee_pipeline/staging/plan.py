@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from melodee_pipeline.staging import sidecar as sc
-from melodee_pipeline.staging.paths import album_dir_parts, truncate_utf8, MAX_COMPONENT_BYTES
+from melodee_pipeline.staging.paths import MAX_COMPONENT_BYTES, album_dir_parts, name_key, truncate_utf8
 
 _VARIOUS = {"various artists", "various", "va", "v.a."}
 
 FILE_COLUMNS = (
     "id, path_bytes, file_path, file_hash, file_size, artist, album_artist, album, title, track_number, "
-    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id, warnings, track_total"
+    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id, warnings, track_total, mtime_ns, inode"
 )
 
 
@@ -77,8 +77,8 @@ def existing_spelling(parent: str, name: str) -> str:
     """`name`, or the entry of `parent` that differs from it only in letter case."""
     try:
         with os.scandir(parent) as it:
-            key = name.casefold()
-            return next((e.name for e in it if e.name.casefold() == key), name)
+            key = name_key(name)
+            return next((e.name for e in it if name_key(e.name) == key), name)
     except (FileNotFoundError, NotADirectoryError):
         return name
 
@@ -88,7 +88,7 @@ class DirectoryClaims:
 
     def __init__(self, staging_root: str):
         self.root = staging_root
-        self.owner: dict[str, str] = {}  # casefolded relative dir -> album_group_id
+        self.owner: dict[str, str] = {}  # name_key of the relative dir -> album_group_id
 
     def assign(self, album: Album) -> None:
         code, artist_dir, album_dir = album.rel_dir.split(os.sep)
@@ -97,7 +97,7 @@ class DirectoryClaims:
         for n in itertools.count(1):
             name = existing_spelling(os.path.join(self.root, parent), album_dir if n == 1 else _numbered(album_dir, n))
             rel = os.path.join(parent, name)
-            if self.owner.get(rel.casefold(), album.group_id) != album.group_id:
+            if self.owner.get(name_key(rel), album.group_id) != album.group_id:
                 continue
             path = os.path.join(self.root, rel)
             try:
@@ -106,6 +106,6 @@ class DirectoryClaims:
                 continue
             if existing is not None and sc.group_id_of(existing) != album.group_id:
                 continue
-            self.owner[rel.casefold()] = album.group_id
+            self.owner[name_key(rel)] = album.group_id
             album.rel_dir = rel
             return

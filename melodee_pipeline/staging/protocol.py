@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
     DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
 )
-from melodee_pipeline.staging.paths import ensure_inside, track_file_name, with_suffix_number
+from melodee_pipeline.staging.paths import ensure_inside, name_key, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.ratelimit import RateLimiter
 
@@ -51,6 +52,7 @@ class FileAction:
     file_id: int | None = None  # scanned_files.id, or scanned_extras.id for an extra
     error: str | None = None
     placed: bool = False  # the destination holds the bytes (moved now, or already there)
+    scanned: tuple | None = None  # (size, mtime_ns, inode) the scan saw; None: unknown (recovery checks bytes)
 
 
 @dataclass
@@ -84,10 +86,10 @@ class AlbumOutcome:
 # 1. plan
 
 def _listing(album_dir: str) -> dict[str, str]:
-    """casefold -> name of what the album directory holds: names that differ only in case are
+    """name_key -> name of what the album directory holds: names that differ only in case are
     one name on SMB shares and macOS, so two files must never get them."""
     try:
-        return {n.casefold(): n for n in os.listdir(album_dir)}
+        return {name_key(n): n for n in os.listdir(album_dir)}
     except FileNotFoundError:
         return {}
 
@@ -98,7 +100,7 @@ def resolve_name(album_dir: str, name: str, sha256: str, taken: dict[str, str], 
     n = 1
     while True:
         candidate = name if n == 1 else with_suffix_number(name, n)
-        key = candidate.casefold()
+        key = name_key(candidate)
         if key in taken:
             on_disk = taken[key]
         elif key in present:
@@ -142,11 +144,14 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
             return None
         name, action = resolve_name(album_dir, wanted, f["file_hash"], taken, present)
         if action == RENAME:
-            blocker = os.path.join(album_dir, present.get(wanted.casefold(), wanted))
+            blocker = os.path.join(album_dir, present.get(name_key(wanted), wanted))
             why = "a symlink or other non-regular file" if os.path.lexists(blocker) and not is_regular(blocker) \
                 else "a different file"
             out.warnings.append(f"{f['file_path']} staged as {name}: {why} already had its name")
-        return FileAction(bytes(f["path_bytes"]), name, action, f["file_hash"], f["file_size"] or 0, None, file_id=f["id"])
+        keys = f.keys()
+        scanned = (f["file_size"], f["mtime_ns"] if "mtime_ns" in keys else None, f["inode"] if "inode" in keys else None)
+        return FileAction(bytes(f["path_bytes"]), name, action, f["file_hash"], f["file_size"] or 0, None,
+                          file_id=f["id"], scanned=scanned)
 
     for f in album.files:
         ext = os.path.splitext(f["file_path"])[1]
@@ -215,6 +220,7 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
     album_dir = os.path.join(root, out.album_dir)
     moving = _moving(out.actions)
     if moving or _moving(out.extras):
+        ensure_inside(root, album_dir)  # before creating anything: a symlink planted meanwhile is refused
         makedirs_durable(album_dir, root)
         ensure_inside(root, album_dir)
         _check_space(root, album_dir, moving + _moving(out.extras))
@@ -247,11 +253,29 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
     out.warnings.extend(f"{os.fsdecode(a.source)}: {a.error}" for a in out.extras if a.error)
 
 
+def changed_since_scan(a: FileAction) -> str | None:
+    """A link moves whatever the name holds now, so a source that is no longer the file the scan
+    read (replaced, rewritten, swapped for a symlink) stays in inbound; the next scan reads it again."""
+    try:
+        st = os.lstat(a.source)
+    except FileNotFoundError:
+        return None  # `place` reports a vanished source
+    if not stat.S_ISREG(st.st_mode):
+        return "no longer a regular file (a symlink?); left in inbound"
+    size, mtime_ns, inode = a.scanned or (st.st_size, None, None)
+    if st.st_size != size or mtime_ns not in (None, st.st_mtime_ns) or inode not in (None, st.st_ino):
+        return "changed since the scan; left in inbound (the next run reads it again)"
+    return None
+
+
 def _place_all(album_dir: str, moving: list[FileAction], tmp_dir: str, limiter: RateLimiter | None) -> None:
     """Give each file its new name; the sources stay. A full disk stops the album (the caller rolls back)."""
     for a in moving:
         if limiter:
             limiter.wait()
+        a.error = changed_since_scan(a)
+        if a.error:
+            continue
         try:
             place(a.source, os.path.join(album_dir, a.name), a.sha256, tmp_dir)
             a.placed = True
@@ -367,10 +391,13 @@ def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:
     ends in its sticky destination or stays in inbound; the sidecar lists exactly what is there."""
     out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings))
     album_dir = os.path.join(root, entry.album_dir)
+    ensure_inside(root, album_dir)  # the journal is a file in staging: trust none of its paths
     stuck: set[bytes] = set()  # folders with a track that stays in inbound: their extras stay too
     for jf in sorted(entry.files, key=lambda f: f.track is None):  # tracks first
         a = FileAction(os.fsencode(jf.source), jf.name, MOVE, jf.sha256, jf.size, jf.track)
         dest = os.path.join(album_dir, jf.name)
+        if os.path.basename(jf.name) != jf.name or jf.name in ("", ".", ".."):
+            raise UserError(f"journal entry for {entry.album_dir} names {jf.name!r}, not a file name")
         if regular_file_sha256(dest) == jf.sha256:
             a.action = ALREADY
         elif os.path.lexists(dest):

@@ -59,11 +59,18 @@ def group_id_of(sidecar: dict) -> str:
 
 
 def read(album_dir: str) -> dict | None:
+    """The album directory's sidecar, None when it has none; ValueError when it is not one this
+    pipeline (or Go's processor) could have written, so that album fails, and only it."""
     try:
         with open(os.path.join(album_dir, SIDECAR_NAME), "rb") as f:
-            return json.loads(f.read())
+            doc = json.loads(f.read())
     except FileNotFoundError:
         return None
+    if not (isinstance(doc, dict) and isinstance(doc.get("artist"), dict) and isinstance(doc.get("album"), dict)
+            and isinstance(doc.get("tracks"), list) and all(isinstance(t, dict) for t in doc["tracks"])
+            and isinstance(doc.get("validation", {}), dict)):
+        raise ValueError(f"malformed sidecar {os.path.join(album_dir, SIDECAR_NAME)}")
+    return doc
 
 
 def serialize(sidecar: dict) -> bytes:

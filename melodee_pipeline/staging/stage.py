@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 
 from melodee_pipeline.errors import StagingFull, UserError
+from melodee_pipeline.libraries import check_disjoint
 from melodee_pipeline.parallel import bounded_map, thread_pool
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.extras import FolderExtras
 from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir, temp_dir
 from melodee_pipeline.staging.plan import DirectoryClaims, iter_albums
-from melodee_pipeline.staging.protocol import ALREADY, RENAME, AlbumOutcome, AlbumStager, recover
+from melodee_pipeline.staging.protocol import ALBUM_ERRORS, ALREADY, RENAME, AlbumOutcome, AlbumStager, recover
 from melodee_pipeline.staging.ratelimit import RateLimiter
 from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
 
@@ -64,14 +65,27 @@ def recover_interrupted(staging_root: str, logger: logging.Logger) -> set[str]:
     found, problems = journal.entries(staging_root)
     for problem in problems:
         logger.warning(problem)
+    # One album that cannot be finished (a read-only directory, a sidecar gone bad) fails alone:
+    # its entry stays for the next run, and this run goes on.
     for entry in (e for e in found if e.state == journal.UNDOING):
-        undone = finish_undo(staging_root, entry)
+        try:
+            undone = finish_undo(staging_root, entry)
+        except ALBUM_ERRORS as exc:
+            logger.warning(f"could not finish the interrupted undo of {entry.album_dir}: {type(exc).__name__}: {exc}")
+            continue
         logger.warning(f"finished interrupted undo of {entry.album_dir} from the journal: "
                        f"{undone.count(MOVE, COPY)} file(s) returned to inbound"
                        + (f"; {'; '.join(undone.problems)}" if undone.problems else ""))
     staged: set[str] = set()
     for entry in (e for e in found if e.state == journal.MOVING):
-        out = recover(staging_root, entry, temp_dir(staging_root))
+        try:
+            out = recover(staging_root, entry, temp_dir(staging_root))
+        except StagingFull:
+            raise
+        except ALBUM_ERRORS as exc:
+            logger.warning(f"could not finish the interrupted album {entry.album_dir}: {type(exc).__name__}: {exc}; "
+                           "its journal entry stays for the next run")
+            continue
         staged.update(a.sha256 for a in out.actions if a.placed)
         logger.warning(f"finished interrupted album {entry.album_dir} from the journal: {out.tracks} track(s) present"
                        + (f"; {'; '.join(out.warnings)}" if out.warnings else ""))
@@ -118,6 +132,8 @@ def stage_albums(
     conn = scandb.open_existing(scan_db)
     scan_id = scandb.get_info(conn, "scan_id")
     inbound = scandb.get_info(conn, "inbound_path")
+    if inbound:
+        check_disjoint(inbound, staging_root)
     recovered: set[str] = set()
     if dry_run:
         if not os.path.isdir(staging_root):
