@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from melodee_pipeline.staging.moves import fsync_dir, own_dir, replace_durably, temp_dir
@@ -63,13 +63,17 @@ def _path(staging_root: str, album_dir: str) -> str:
 
 
 def write(staging_root: str, entry: Entry) -> None:
-    """Durable before it returns: temp file, fsync, rename, fsync of the directory."""
+    """Durable before it returns: temp file, fsync, rename, fsync of the directory. A `staged`
+    entry skips the directory fsync: if a power cut loses its rename, the `moving` entry it
+    replaced is still there, and finishing that again is harmless."""
     directory = journal_dir(staging_root)
     if not os.path.isdir(directory):
         own_dir(directory)
         fsync_dir(staging_root)
-    data = json.dumps(asdict(entry), ensure_ascii=True).encode()  # ASCII: lone surrogates round-trip
-    replace_durably(_path(staging_root, entry.album_dir), data, temp_dir(staging_root))
+    # Shallow: track entries are plain dicts already (dataclasses.asdict deep-copies every one).
+    doc = {**vars(entry), "files": [vars(f) for f in entry.files]}
+    data = json.dumps(doc, ensure_ascii=True).encode()  # ASCII: lone surrogates round-trip
+    replace_durably(_path(staging_root, entry.album_dir), data, temp_dir(staging_root), sync_dir=entry.state != STAGED)
 
 
 def read(staging_root: str, album_dir: str) -> Entry | None:
