@@ -92,7 +92,7 @@ def recover_interrupted(staging_root: str, logger: logging.Logger) -> set[str]:
     return staged
 
 
-def _record(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) -> None:
+def _save_outcome(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) -> None:
     a = out.album
     conn.execute(
         "INSERT OR REPLACE INTO albums(album_group_id, artist, album, year, staging_dir, status, error, tracks, moved, "
@@ -155,7 +155,7 @@ def stage_albums(
     pool = thread_pool(workers) if workers > 1 else None
     try:
         for out in bounded_map(stager, planned(), pool, window=workers * 4):
-            _record(conn, out, dry_run)
+            _save_outcome(conn, out, dry_run)
             totals["albums"] += 1
             bad = out.status in ("failed", "partial", "not_started")
             totals["failed" if bad else "ok"] += 1
