@@ -411,6 +411,10 @@ def cmd_demo(args) -> int:
         return 1
     print(json.dumps(summary, indent=2))
     print(f"\ninbound:  {demo.inbound}\nstaging:  {demo.staging}\nscan DB:  {summary['scan_db'] if summary else '-'}")
+    if summary:
+        print(f"\n{summary['files_moved']} files moved into {summary['albums_success']} albums in staging; the untagged file "
+              f"stayed in inbound (`melodee-pipeline refusals --scan {summary['scan_db']}` says why), and each album's "
+              f"album.melodee.json lists what a reviewer should check (validation.warnings).")
     print(f"\nThe demo used only its own directories and database ({DEMO_DATABASE}); your settings and libraries "
           "are untouched, and the next `demo` starts over.\n"
           "next: `melodee-pipeline db init` and `libraries add ...` set up the real thing (README, Everyday use);\n"
