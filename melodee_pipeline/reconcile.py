@@ -24,7 +24,9 @@ import sqlalchemy as sa
 from melodee_pipeline.db.engine import database_error
 from melodee_pipeline.db.schema import staging_items
 from melodee_pipeline.errors import UserError
-from melodee_pipeline.records import BATCH, RecordResult, existing_rows, record_staging_items, sidecar_row, upsert_rows
+from melodee_pipeline.records import (
+    BATCH, SIDECAR_ERRORS, RecordResult, existing_rows, record_staging_items, sidecar_row, upsert_rows,
+)
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.moves import remove_temp_dir, temp_dir
@@ -196,7 +198,7 @@ def _reconcile_batch(engine: sa.Engine, root: str, batch: list[str], result: Rec
                 live.discard(album_dir)
             elif album_dir not in skip:
                 rows.append(sidecar_row(album_dir, data))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except SIDECAR_ERRORS as exc:
             result.unreadable += 1
             result.add(album_dir, UNREADABLE, f"{type(exc).__name__}: {exc}")
     with engine.connect() as conn:

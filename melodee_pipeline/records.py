@@ -29,6 +29,8 @@ from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.paths import truncate_utf8
 
 BATCH = 500
+# What reading a sidecar a human may have edited can raise; that album's row fails, not the step.
+SIDECAR_ERRORS = (OSError, ValueError, TypeError, AttributeError, KeyError)
 # idx_staging_artist_album holds (artist_name, album_name) in one B-tree entry of at most 2704
 # bytes; 1200 bytes each leaves room for the tuple header. The sidecar keeps the whole names.
 MAX_NAME_BYTES = 1200
@@ -116,7 +118,7 @@ def _record_batch(engine: sa.Engine, root: str, batch: list[journal.Entry], resu
             result.gone += 1  # promoted or removed meanwhile: nothing to review
             done.append(entry)
             continue
-        except (OSError, ValueError) as exc:
+        except SIDECAR_ERRORS as exc:
             result.unreadable.append(f"{album_dir}: {exc}")
             continue
         rows.append(row)
@@ -149,12 +151,14 @@ def settle_undone(engine: sa.Engine, root: str, entries: list[journal.Entry], re
             row = read_row(album_dir)
         except FileNotFoundError:
             row = None
-        except (OSError, ValueError) as exc:
+        except SIDECAR_ERRORS as exc:
             result.unreadable.append(f"{album_dir}: {exc}")
             continue
         if row is not None:
-            if upsert_rows(engine, [row], result):
-                continue  # refused: the entry stays for the next run
+            with engine.connect() as conn:
+                exists = bool(existing_rows(conn, [album_dir]))
+            if exists and upsert_rows(engine, [row], result):
+                continue  # refused: the entry stays for the next run (a deleted row stays deleted)
         else:
             with engine.begin() as conn:
                 t = staging_items

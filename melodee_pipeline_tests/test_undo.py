@@ -144,7 +144,7 @@ def test_an_original_path_taken_meanwhile_is_never_overwritten(env, libs, engine
     files[0].write_bytes(b"the admin put something else here")
     assert main(["undo", "--scan", scan_id]) == 0
     out = capsys.readouterr().out
-    assert "partly undone" in out and f"01 - One.flac: stays staged: its inbound path now holds another file" in out
+    assert "partly undone" in out and "01 - One.flac: stays staged: its inbound path now holds another file" in out
     assert files[0].read_bytes() == b"the admin put something else here" and files[1].exists()
     target = libs["staging"] / "BAN/Band/2001 - Record"
     assert sorted(os.listdir(target)) == ["01 - One.flac", SIDECAR]

@@ -128,7 +128,7 @@ ALBUM_COLUMNS = [("artist", "string"), ("album", "string"), ("year", "int"), ("s
 def _albums_table(scan_db: str, dry_run: bool) -> dg.TableMetadataValue:
     """Failed albums first, then the rest by staging path; at most ALBUM_TABLE_ROWS rows."""
     names = [c for c, _ in ALBUM_COLUMNS]
-    with sqlite3.connect(scan_db) as conn:
+    with closing(sqlite3.connect(scan_db)) as conn:
         rows = conn.execute(
             f"SELECT {', '.join(names)} FROM albums ORDER BY status NOT IN ('failed', 'partial', 'not_started'), staging_dir "
             f"LIMIT {ALBUM_TABLE_ROWS}"

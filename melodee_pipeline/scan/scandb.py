@@ -94,6 +94,7 @@ def open_existing(path: str | os.PathLike) -> sqlite3.Connection:
         raise UserError(f"scan database {path} does not exist")
     conn = connect(path)
     if get_info(conn, "scan_id") is None:
+        conn.close()
         raise UserError(f"{path} is not a scan database written by melodee-pipeline")
     return conn
 

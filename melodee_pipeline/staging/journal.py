@@ -63,17 +63,16 @@ def _path(staging_root: str, album_dir: str) -> str:
 
 
 def write(staging_root: str, entry: Entry) -> None:
-    """Durable before it returns: temp file, fsync, rename, fsync of the directory. A `staged`
-    entry skips the directory fsync: if a power cut loses its rename, the `moving` entry it
-    replaced is still there, and finishing that again is harmless."""
+    """Durable before it returns: temp file, fsync, rename, fsync of the directory."""
     directory = journal_dir(staging_root)
-    if not os.path.isdir(directory):
-        own_dir(directory)
+    created = not os.path.lexists(directory)
+    own_dir(directory)  # a symlink planted there is refused, every time
+    if created:
         fsync_dir(staging_root)
     # Shallow: track entries are plain dicts already (dataclasses.asdict deep-copies every one).
     doc = {**vars(entry), "files": [vars(f) for f in entry.files]}
     data = json.dumps(doc, ensure_ascii=True).encode()  # ASCII: lone surrogates round-trip
-    replace_durably(_path(staging_root, entry.album_dir), data, temp_dir(staging_root), sync_dir=entry.state != STAGED)
+    replace_durably(_path(staging_root, entry.album_dir), data, temp_dir(staging_root))
 
 
 def read(staging_root: str, album_dir: str) -> Entry | None:
@@ -86,8 +85,11 @@ def read(staging_root: str, album_dir: str) -> Entry | None:
 def _load(path: str) -> Entry:
     with open(path, "rb") as f:
         doc = json.loads(f.read())
-    doc["files"] = [JournalFile(**x) for x in doc.get("files", [])]
-    return Entry(**doc)
+    try:
+        doc["files"] = [JournalFile(**x) for x in doc.get("files", [])]
+        return Entry(**doc)
+    except (TypeError, AttributeError) as exc:  # not an entry this pipeline wrote
+        raise ValueError(f"malformed journal entry: {exc}") from None
 
 
 def entries(staging_root: str, state: str | None = None) -> tuple[list[Entry], list[str]]:

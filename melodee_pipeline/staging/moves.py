@@ -55,11 +55,10 @@ def makedirs_durable(path: str, stop_at: str) -> None:
         fsync_dir(os.path.dirname(d))
 
 
-def replace_durably(final: str, data: bytes, tmp_dir: str, sync_dir: bool = True) -> None:
+def replace_durably(final: str, data: bytes, tmp_dir: str) -> None:
     """Temp file + fsync + rename + fsync of the directory: a reader sees the old file or the new
-    one, never half of one, and a power cut keeps the new one (`sync_dir=False`: the old one or
-    the new one). The temp file lives in the staging temp dir, which every run clears first, so
-    a crash never leaves debris beside `final`."""
+    one, never half of one, and a power cut keeps the new one. The temp file lives in the staging
+    temp dir, which every run clears first, so a crash never leaves debris beside `final`."""
     own_dir(tmp_dir)
     tmp = os.path.join(tmp_dir, f"replace-{uuid.uuid4().hex}")
     try:
@@ -71,8 +70,7 @@ def replace_durably(final: str, data: bytes, tmp_dir: str, sync_dir: bool = True
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    if sync_dir:
-        fsync_dir(os.path.dirname(final))
+    fsync_dir(os.path.dirname(final))
 
 
 def regular_file_sha256(path: str | bytes) -> str | None:

@@ -231,6 +231,8 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
         _place_all(album_dir, _moving(out.extras), tmp_dir, limiter)
     except OSError as exc:
         _roll_back(album_dir, moving)
+        if exc.errno not in DISK_FULL:
+            raise  # this album fails; its sources are all still there
         raise StagingFull(f"staging filesystem {root} is full while staging {out.album_dir} "
                           f"({exc.strerror}); it needs {_mib(sum(a.size for a in moving))}, "
                           f"{_mib(free_bytes(root))} free") from None
@@ -240,7 +242,11 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
     for a in out.actions + out.extras:
         if a.error:
             continue
-        if a.placed:
+        if a.placed and a.action != ALREADY and changed_since_scan(a):
+            # Rewritten while it was being staged: its inbound name stays, so the next scan reads
+            # it again, rather than removing a name whose bytes no one checked.
+            out.warnings.append(f"{os.fsdecode(a.source)} changed while it was staged; its inbound copy stays")
+        elif a.placed:
             try:
                 os.unlink(a.source)
             except FileNotFoundError:
@@ -260,6 +266,8 @@ def changed_since_scan(a: FileAction) -> str | None:
         st = os.lstat(a.source)
     except FileNotFoundError:
         return None  # `place` reports a vanished source
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror}; left in inbound"
     if not stat.S_ISREG(st.st_mode):
         return "no longer a regular file (a symlink?); left in inbound"
     size, mtime_ns, inode = a.scanned or (st.st_size, None, None)
@@ -377,7 +385,10 @@ class AlbumStager:
             # Rolled back: nothing of this album moved. A row an earlier run left pending stays so.
             remove_empty_dirs(self.root, os.path.join(self.root, out.album_dir))
             if prior is not None:
-                journal.write(self.root, prior)
+                try:
+                    journal.write(self.root, prior)
+                except OSError:
+                    pass  # the `moving` entry stays instead; finishing it next run is harmless
             else:
                 journal.remove(self.root, out.album_dir)
             out.status, out.error = "failed", str(self.full)

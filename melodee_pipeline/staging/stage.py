@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import closing
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def recover_interrupted(staging_root: str, logger: logging.Logger) -> set[str]:
             logger.warning(f"could not finish the interrupted album {entry.album_dir}: {type(exc).__name__}: {exc}; "
                            "its journal entry stays for the next run")
             continue
-        staged.update(a.sha256 for a in out.actions if a.placed)
+        staged.update(a.sha256 for a in out.actions + out.extras if a.placed)
         logger.warning(f"finished interrupted album {entry.album_dir} from the journal: {out.tracks} track(s) present"
                        + (f"; {'; '.join(out.warnings)}" if out.warnings else ""))
     return staged
@@ -129,74 +130,73 @@ def stage_albums(
 ) -> StageResult:
     logger = logger or log
     started = time.monotonic()
-    conn = scandb.open_existing(scan_db)
-    scan_id = scandb.get_info(conn, "scan_id")
-    inbound = scandb.get_info(conn, "inbound_path")
-    if inbound:
-        check_disjoint(inbound, staging_root)
-    recovered: set[str] = set()
-    if dry_run:
-        if not os.path.isdir(staging_root):
-            raise UserError(f"staging path {staging_root} does not exist or is not a directory")
-    else:
-        recovered = prepare_staging(staging_root, logger)
-    claims, extras = DirectoryClaims(staging_root), FolderExtras(conn)
-    stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered)
-
-    def planned():
-        for album in iter_albums(conn.cursor()):
-            claims.assign(album)
-            extras.assign(album)
-            yield album
-
-    totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
-    failures: dict[str, int] = {}
-    emptied: set[bytes] = set()
-    pool = thread_pool(workers) if workers > 1 else None
-    try:
-        for out in bounded_map(stager, planned(), pool, window=workers * 4):
-            _save_outcome(conn, out, dry_run)
-            totals["albums"] += 1
-            bad = out.status in ("failed", "partial", "not_started")
-            totals["failed" if bad else "ok"] += 1
-            totals["moved"] += out.moved
-            totals["already"] += out.count(ALREADY)
-            totals["renamed"] += out.count(RENAME)
-            totals["files_failed"] += out.failed
-            totals["pending"] += out.pending_row
-            totals["warned"] += bool(out.warnings or out.checks)
-            totals["extras"] += sum(1 for x in out.extras if x.placed and x.action != ALREADY)
-            emptied.update(os.path.dirname(a.source) for a in out.actions + out.extras if a.placed)
-            if bad:
-                reason = out.status if out.status != "failed" else (out.error or "failed").split(":")[0]
-                failures[reason] = failures.get(reason, 0) + 1
-            files_done = totals["moved"] + totals["already"] + totals["files_failed"]
-            if files_done // PROGRESS_EVERY > (files_done - len(out.actions)) // PROGRESS_EVERY:
-                conn.commit()
-                logger.info(f"{'planned' if dry_run else 'staged'} {totals['albums']} albums, {files_done} files "
-                            f"({totals['moved']} moved) in {time.monotonic() - started:.1f}s")
-    finally:
-        if pool is not None:
-            pool.shutdown()
-        conn.commit()
-    if not dry_run:
-        remove_temp_dir(staging_root)
+    with closing(scandb.open_existing(scan_db)) as conn:  # closed however the run ends
+        scan_id = scandb.get_info(conn, "scan_id")
+        inbound = scandb.get_info(conn, "inbound_path")
         if inbound:
-            _remove_empty_dirs(emptied, os.fsencode(os.path.normpath(inbound)))
-    seconds = time.monotonic() - started
-    result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
-                         totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds,
-                         totals["warned"], totals["extras"])
-    scandb.set_info(conn, staging_path=staging_root, dry_run=int(dry_run), staged=1, stage_seconds=f"{seconds:.3f}")
-    conn.commit()
-    conn.close()
-    # One line per reason, never one per album: the full list is the scan DB's `albums` table.
-    for reason, n in sorted(failures.items(), key=lambda kv: -kv[1]):
-        logger.warning(f"{n} album(s) not fully staged: {reason} (details in the scan DB's albums table)")
-    verb = "planned" if dry_run else "staged"
-    logger.info(f"{verb} {result.albums_total} albums ({result.albums_failed} failed): {result.files_moved} files "
-                f"{'to move' if dry_run else 'moved'}, {result.already_staged} already staged, {result.renamed} renamed, "
-                f"{result.files_failed} failed in {seconds:.1f}s")
-    if stager.full is not None:
-        raise stager.full
-    return result
+            check_disjoint(inbound, staging_root)
+        recovered: set[str] = set()
+        if dry_run:
+            if not os.path.isdir(staging_root):
+                raise UserError(f"staging path {staging_root} does not exist or is not a directory")
+        else:
+            recovered = prepare_staging(staging_root, logger)
+        claims, extras = DirectoryClaims(staging_root), FolderExtras(conn)
+        stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered)
+
+        def planned():
+            for album in iter_albums(conn.cursor()):
+                claims.assign(album)
+                extras.assign(album)
+                yield album
+
+        totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
+        failures: dict[str, int] = {}
+        emptied: set[bytes] = set()
+        pool = thread_pool(workers) if workers > 1 else None
+        try:
+            for out in bounded_map(stager, planned(), pool, window=workers * 4):
+                _save_outcome(conn, out, dry_run)
+                totals["albums"] += 1
+                bad = out.status in ("failed", "partial", "not_started")
+                totals["failed" if bad else "ok"] += 1
+                totals["moved"] += out.moved
+                totals["already"] += out.count(ALREADY)
+                totals["renamed"] += out.count(RENAME)
+                totals["files_failed"] += out.failed
+                totals["pending"] += out.pending_row
+                totals["warned"] += bool(out.warnings or out.checks)
+                totals["extras"] += sum(1 for x in out.extras if x.placed and x.action != ALREADY)
+                emptied.update(os.path.dirname(a.source) for a in out.actions + out.extras if a.placed)
+                if bad:
+                    reason = out.status if out.status != "failed" else (out.error or "failed").split(":")[0]
+                    failures[reason] = failures.get(reason, 0) + 1
+                files_done = totals["moved"] + totals["already"] + totals["files_failed"]
+                if files_done // PROGRESS_EVERY > (files_done - len(out.actions)) // PROGRESS_EVERY:
+                    conn.commit()
+                    logger.info(f"{'planned' if dry_run else 'staged'} {totals['albums']} albums, {files_done} files "
+                                f"({totals['moved']} moved) in {time.monotonic() - started:.1f}s")
+        finally:
+            if pool is not None:
+                pool.shutdown()
+            conn.commit()
+        if not dry_run:
+            remove_temp_dir(staging_root)
+            if inbound:
+                _remove_empty_dirs(emptied, os.fsencode(os.path.normpath(inbound)))
+        seconds = time.monotonic() - started
+        result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
+                             totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds,
+                             totals["warned"], totals["extras"])
+        scandb.set_info(conn, staging_path=staging_root, dry_run=int(dry_run), staged=1, stage_seconds=f"{seconds:.3f}")
+        conn.commit()
+        # One line per reason, never one per album: the full list is the scan DB's `albums` table.
+        for reason, n in sorted(failures.items(), key=lambda kv: -kv[1]):
+            logger.warning(f"{n} album(s) not fully staged: {reason} (details in the scan DB's albums table)")
+        verb = "planned" if dry_run else "staged"
+        logger.info(f"{verb} {result.albums_total} albums ({result.albums_failed} failed): {result.files_moved} files "
+                    f"{'to move' if dry_run else 'moved'}, {result.already_staged} already staged, {result.renamed} renamed, "
+                    f"{result.files_failed} failed in {seconds:.1f}s")
+        if stager.full is not None:
+            raise stager.full
+        return result

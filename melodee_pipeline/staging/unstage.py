@@ -22,7 +22,7 @@ from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.albumdir import write_sidecar
 from melodee_pipeline.staging.moves import (
-    copy_verified, fsync_dir, makedirs_durable, place, regular_file_sha256, temp_dir, unlink_if_same,
+    copy_verified, fsync_dir, makedirs_durable, own_dir, place, regular_file_sha256, temp_dir, unlink_if_same,
 )
 
 # How a file goes back, decided from what inbound and staging hold:
@@ -90,7 +90,7 @@ def finish_undo(root: str, entry: journal.Entry) -> UndoOutcome:
     out = UndoOutcome(entry.album_dir)
     album_dir = os.path.join(root, entry.album_dir)
     tmp = temp_dir(entry.inbound)  # copies into inbound are verified in a temp file on inbound's filesystem
-    os.makedirs(tmp, exist_ok=True)
+    own_dir(tmp)  # inbound is writable by users: a symlink planted there is refused
     order = {how: i for i, how in enumerate(WORK)}
     placed: list[ReturnFile] = []
     for jf in sorted(entry.files, key=lambda jf: order[jf.action]):
