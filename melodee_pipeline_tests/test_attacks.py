@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,40 @@ def test_names_that_differ_only_in_unicode_normalisation_are_one_name(no_db, cap
     assert rc == 0
     names = sorted(os.listdir(no_db["staging"] / "BAN" / "Band" / "2001 - Record"))
     assert len(names) == 3 and any(n.endswith(" (2).mp3") for n in names)
+
+
+def test_a_source_rewritten_while_it_is_staged_keeps_its_inbound_name(tmp_path):
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(tmp_path).st_dev):
+        pytest.skip("needs a second filesystem (/dev/shm)")
+    inbound, scans = tmp_path / "in", tmp_path / "scans"
+    staging = shm / f"melodee-attack-{os.getpid()}"
+    staging.mkdir()
+    try:
+        (track,) = album(inbound, "Artist", "Album", 2001, ["One"], ".mp3")
+        original = track.read_bytes()
+        env = {**os.environ, "MELODEE_HOME": str(tmp_path / "nohome")}
+        env.pop("MELODEE_DATABASE_URL", None)
+        base = [sys.executable, "-m", "melodee_pipeline.cli"]
+        scan = subprocess.run([*base, "scan-inbound", "--path", str(inbound), "--output", str(scans), "--min-file-age", "0"],
+                              env=env, capture_output=True, text=True, timeout=60, check=True)
+        marker = tmp_path / "paused"
+        proc = subprocess.Popen([*base, "process-scan", "--scan", scan.stdout.strip(), "--staging", str(staging)],
+                                env={**env, "MELODEE_PAUSE_AT": "before_unlink_sources", "MELODEE_PAUSE_FILE": str(marker)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(1200):
+            if marker.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()
+        track.write_bytes(original + b"rewritten meanwhile")  # someone edits the file after it was copied
+        marker.unlink()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        staged = staging / "ART" / "Artist" / "2001 - Album" / "01 - One.mp3"
+        assert staged.read_bytes() == original  # the copy verified against the scan
+        assert track.read_bytes() == original + b"rewritten meanwhile"  # the new bytes keep their inbound name
+        doc = json.loads((staged.parent / SIDECAR).read_text())
+        assert any("changed while it was staged" in w for w in doc["validation"]["warnings"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

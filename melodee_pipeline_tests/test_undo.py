@@ -121,6 +121,19 @@ def test_undo_a_run_that_merged_into_an_existing_album_takes_only_its_own_files(
     assert [(n, s) for n, s, _ in rows(engine).values()] == [(2, "pending_review")]
 
 
+def test_undo_leaves_a_row_the_admin_deleted_deleted(env, libs, engine, capsys):
+    album(libs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+    run(libs, engine)
+    album(libs["inbound"], "Band", "Record", 2001, ["Three"], ".flac", folder="later", first_track=3, seed=3)
+    scan_id = run(libs, engine)  # the album gains a track: its row is there again for review
+    with engine.begin() as conn:  # the admin rejects and deletes it, keeping the files
+        conn.execute(sa.text("DELETE FROM staging_items"))
+    assert main(["undo", "--scan", scan_id]) == 0
+    target = libs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == ["01 - One.flac", "02 - Two.flac", SIDECAR]
+    assert rows(engine) == {}  # the undo rewrote the sidecar, not the admin's decision
+
+
 def test_a_re_dropped_duplicate_gets_its_inbound_copy_back(env, libs, engine):
     files = album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
     data = files[0].read_bytes()
