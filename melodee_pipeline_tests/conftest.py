@@ -197,11 +197,15 @@ def run_together(commands: list[list[str]], timeout: float = 180) -> list[str]:
 
 
 _opened: list[str] | None = None  # set while opened_during() records opens
+_events: list[tuple] | None = None  # set while events_during() records file operations
+FILE_EVENTS = {"os.link", "os.rename", "os.remove", "melodee.syncfs", "melodee.fsync"}
 
 
 def _audit(event: str, args: tuple) -> None:
     if event == "open" and _opened is not None and isinstance(args[0], (str, bytes)):
         _opened.append(os.fsdecode(args[0]))
+    if _events is not None and event in FILE_EVENTS:
+        _events.append((event, *(os.fsdecode(a) if isinstance(a, (str, bytes)) else a for a in args[:2])))
 
 
 sys.addaudithook(_audit)  # audit hooks cannot be removed; this one records only inside opened_during()
@@ -216,6 +220,17 @@ def opened_during(fn) -> tuple[object, list[str]]:
         return fn(), list(_opened)
     finally:
         _opened = None
+
+
+def events_during(fn) -> tuple[object, list[tuple]]:
+    """Run fn; return its result and, in order, the links, renames (os.replace too), unlinks,
+    syncfs and fsync calls this process made meanwhile: (event, path[, second path])."""
+    global _events
+    _events = []
+    try:
+        return fn(), list(_events)
+    finally:
+        _events = None
 
 
 SUMMARIES = pytest.StashKey[list]()

@@ -269,6 +269,7 @@ def crash_points(cross_fs: bool, files: int) -> list[str]:
     points += [f"before_unlink_sources:{n}" for n in (1, 2, 3)]
     points += [f"after_unlink:{n}" for n in range(1, files + 1, 1 if not cross_fs else 3)]
     points += [f"before_sidecar:{n}" for n in (1, 3)]
+    points += [f"publish:{n}" for n in (1, 2, 4, 6, 7)]  # a group commit's barrier: journal entries, sidecars
     points += ["before_record:1"]
     if cross_fs:
         points += [f"copy_written:{n}" for n in range(1, files + 1, 2)]

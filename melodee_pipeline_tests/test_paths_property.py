@@ -61,3 +61,24 @@ def test_sanitiser_examples():
     assert sanitize_component("../../x") == "-..-x"
     assert sanitize_component("/abs") == "-abs"
     assert sanitize_component("a" * 300).encode() == b"a" * 255
+
+
+# Plain names skip pathvalidate (it costs ~60 us a call): the shortcut must give what it would.
+plainish = st.lists(st.sampled_from(list("aZ09 ._-()',&!+#@$%=~;[]{}é/*")) | st.sampled_from(
+    ["CON", "con", "Nul", "COM1", "lpt9", "CLOCK$", "AUX", ".txt", ".mp3"]), max_size=20).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(plainish, st.sampled_from(["", ".mp3"]))
+def test_the_plain_name_shortcut_agrees_with_pathvalidate(text, ext):
+    from unittest import mock
+
+    from pathvalidate import sanitize_filename
+
+    from melodee_pipeline.staging import paths
+
+    with mock.patch.object(paths, "_is_plain", lambda name: False):  # every name through pathvalidate
+        reference = sanitize_component(text, ext)
+    assert sanitize_component(text, ext) == reference
+    if paths._is_plain(text):
+        assert sanitize_filename(text, platform="universal") == text

@@ -73,6 +73,7 @@ ADDED_COLUMNS = {
     "mtime_ns": "INTEGER", "inode": "INTEGER", "ctime_ns": "INTEGER",
     "refused_since": "INTEGER",  # invalid files: Unix seconds when first refused unchanged
     "track_total": "INTEGER",  # the total-tracks tag, for the reviewer's album checks
+    "has_cover": "INTEGER",  # 1: the tags hold an image; NULL: unknown
 }
 
 

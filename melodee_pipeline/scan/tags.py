@@ -21,6 +21,7 @@ ROW_COLUMNS = (
     "file_path", "path_bytes", "file_size", "file_hash", "modified_time", "artist", "album_artist",
     "album", "title", "track_number", "disc_number", "year", "genre", "duration", "bitrate",
     "sample_rate", "is_valid", "validation_error", "warnings", "mtime_ns", "inode", "ctime_ns", "track_total",
+    "has_cover",
 )
 TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error", "warnings")
 # Text is '' when absent (never NULL, as Go writes it); numbers are NULL when unknown.
@@ -103,6 +104,8 @@ def _read_tags(mf: mediafile.MediaFile, row: dict) -> float:
         bitrate=clean_number((get("bitrate") or 0) / 1000, "bitrate (kbps)", AUDIO_MAX, warnings),
         sample_rate=clean_number(get("samplerate"), "sample rate", AUDIO_MAX, warnings) or None,
         track_total=clean_number(get("tracktotal"), "total tracks", TAG_MAX, warnings) or None,
+        # Staging writes out an embedded cover; knowing none is there spares it re-reading the file.
+        has_cover=int(bool(get("images"))),
         warnings="; ".join(warnings),
     )
     return length

@@ -61,9 +61,8 @@ def write_sidecar(root: str, album_dir: str, scan_id: str, info: dict, tmp_dir: 
         remove_empty_dirs(root, album_dir)
         return Written(changed=existing is not None)
     sc.add_warnings(doc, list(warnings), list(errors))
-    if extract:
-        extract_cover(root, album_dir, doc, scan_id, tmp_dir)
-    written = Written(gained=added > 0, tracks=len(doc["tracks"]), checks=refresh_checks(album_dir, doc),
+    cover = extract_cover(root, album_dir, doc, scan_id, tmp_dir) if extract else None
+    written = Written(gained=added > 0, tracks=len(doc["tracks"]), checks=refresh_checks(album_dir, doc, cover),
                       total_size=sum(int(t.get("file_size") or 0) for t in doc["tracks"]))
     if _fingerprint(doc) != before:
         sc.stamp(doc, scan_id)
@@ -72,11 +71,14 @@ def write_sidecar(root: str, album_dir: str, scan_id: str, info: dict, tmp_dir: 
     return written
 
 
-def refresh_checks(album_dir: str, doc: dict) -> list[str]:
+def refresh_checks(album_dir: str, doc: dict, cover: str | None = None) -> list[str]:
     """The album facts recomputed from what the directory holds: its images (and whether the
     cover taken from the tags is still there) and the album checks, which replace the previous
-    run's instead of piling up."""
+    run's instead of piling up. `cover`: a cover just extracted, whose name a group commit
+    publishes at its barrier."""
     names = [n for n in os.listdir(album_dir) if is_regular(os.path.join(album_dir, n))]
+    if cover and cover not in names:
+        names.append(cover)
     extracted = doc["album"].get("cover_from_tags")
     if extracted and extracted.get("file") not in names:
         del doc["album"]["cover_from_tags"]

@@ -21,7 +21,7 @@ from collections import defaultdict
 import mediafile
 
 from melodee_pipeline.staging import sidecar as sc
-from melodee_pipeline.staging.moves import fsync_dir
+from melodee_pipeline.staging.durability import fsync_file, publish
 from melodee_pipeline.staging.paths import sanitize_component
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.validation import is_image
@@ -84,13 +84,13 @@ def extract_cover(root: str, album_dir: str, doc: dict, scan_id: str, tmp_dir: s
         with open(tmp, "xb") as f:
             f.write(image.data)
             f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, os.path.join(album_dir, name))  # a link never replaces a file
+            fsync_file(f.fileno())
+        publish(tmp, os.path.join(album_dir, name), link=True)  # a link never replaces a file
     except FileExistsError:
         return None
-    finally:
+    except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    fsync_dir(album_dir)
+        raise
     doc["album"]["cover_from_tags"] = {"file": name, "checksum": hashlib.sha256(image.data).hexdigest(), "scan_id": scan_id}
     return name

@@ -22,6 +22,7 @@ import uuid
 from melodee_pipeline import faults
 from melodee_pipeline.errors import UserError
 from melodee_pipeline.scan.tags import CHUNK
+from melodee_pipeline.staging.durability import fsync_dir, fsync_file, publish
 
 TEMP_DIR = ".melodee-tmp"  # under the staging root; only this pipeline writes there
 _CROSS_DEVICE = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
@@ -30,14 +31,6 @@ DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 class ChecksumMismatch(OSError):
     pass
-
-
-def fsync_dir(path: str | bytes) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def makedirs_durable(path: str, stop_at: str) -> None:
@@ -56,8 +49,8 @@ def makedirs_durable(path: str, stop_at: str) -> None:
 
 
 def replace_durably(final: str, data: bytes, tmp_dir: str) -> None:
-    """Temp file + fsync + rename + fsync of the directory: a reader sees the old file or the new
-    one, never half of one, and a power cut keeps the new one. The temp file lives in the staging
+    """Temp file + fsync + rename + fsync of the directory (or, in a group commit, the barrier): a
+    reader sees the old file or the new one, never half of one, and a power cut keeps the new one. The temp file lives in the staging
     temp dir, which every run clears first, so a crash never leaves debris beside `final`."""
     own_dir(tmp_dir)
     tmp = os.path.join(tmp_dir, f"replace-{uuid.uuid4().hex}")
@@ -65,12 +58,12 @@ def replace_durably(final: str, data: bytes, tmp_dir: str) -> None:
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
+            fsync_file(f.fileno())
+        publish(tmp, final)
+    except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    fsync_dir(os.path.dirname(final))
+        raise
 
 
 def regular_file_sha256(path: str | bytes) -> str | None:
@@ -115,7 +108,7 @@ def copy_verified(src: bytes | str, dst: str, expected_sha256: str, tmp_dir: str
             while chunk := fin.read(CHUNK):
                 fout.write(chunk)
             fout.flush()
-            os.fsync(fout.fileno())
+            os.fsync(fout.fileno())  # never deferred: the link below must not name bytes still in flight
         faults.point("copy_written")  # temp file complete, not linked yet
         with open(tmp, "rb") as f:  # re-read what the disk holds, not what we meant to write
             while chunk := f.read(CHUNK):

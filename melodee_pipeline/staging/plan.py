@@ -23,7 +23,8 @@ _VARIOUS = {"various artists", "various", "va", "v.a."}
 
 FILE_COLUMNS = (
     "id, path_bytes, file_path, file_hash, file_size, artist, album_artist, album, title, track_number, "
-    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id, warnings, track_total, mtime_ns, inode"
+    "disc_number, year, genre, duration, bitrate, sample_rate, album_group_id, warnings, track_total, mtime_ns, inode, "
+    "has_cover"
 )
 
 

@@ -9,6 +9,7 @@
               the record step's "pending row"
   5. classify staged / unchanged / partial / failed
 
+`stager.py` runs steps 1-5 for a batch of albums, a step at a time, with a group commit per step;
 `recover` runs steps 3-5 from a journal entry alone, for an album a crash interrupted.
 """
 
@@ -17,13 +18,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import threading
 from dataclasses import dataclass, field
 
 from melodee_pipeline import faults
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.staging import journal
-from melodee_pipeline.staging.albumdir import is_regular, remove_empty_dirs, write_sidecar
+from melodee_pipeline.staging.albumdir import is_regular, write_sidecar
 from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
     DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
@@ -217,6 +217,12 @@ def _hold_back_extras(out: AlbumOutcome) -> None:
 
 
 def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter | None = None) -> None:
+    place_files(root, out, tmp_dir, limiter)
+    release_sources(root, out)
+
+
+def place_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter | None = None) -> None:
+    """Every new name, durable (in a group commit: at the barrier) before any source goes."""
     album_dir = os.path.join(root, out.album_dir)
     moving = _moving(out.actions)
     if moving or _moving(out.extras):
@@ -238,6 +244,11 @@ def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter 
                           f"{_mib(free_bytes(root))} free") from None
     if any(a.placed for a in moving):
         fsync_dir(album_dir)  # every new name is durable before any source goes
+
+
+def release_sources(root: str, out: AlbumOutcome) -> None:
+    """Unlink the sources whose bytes are placed and durable."""
+    album_dir = os.path.join(root, out.album_dir)
     faults.point("before_unlink_sources")
     for a in out.actions + out.extras:
         if a.error:
@@ -327,7 +338,7 @@ def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir
         root, os.path.join(root, out.album_dir), scan_id, info, tmp_dir,
         placed=[a.track for a in out.actions if a.placed and a.track], warnings=out.warnings,
         errors=[f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error],
-        extract=any(a.placed for a in out.actions + out.extras),
+        extract=any(a.placed for a in out.actions + out.extras) and _may_hold_cover(out.album),
     )
     out.tracks, out.total_size, out.checks = written.tracks, written.total_size, written.checks
     if written.changed or (prior is not None and prior.state in (journal.STAGED, journal.UNDONE)):
@@ -336,6 +347,12 @@ def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir
         out.pending_row = True
     else:
         journal.remove(root, out.album_dir)
+
+
+def _may_hold_cover(album: Album | None) -> bool:
+    """Whether a track may embed a cover: the scan says so per file (NULL: an older scan DB, or
+    an album finished from the journal, whose tracks nobody read this run)."""
+    return album is None or any(f["has_cover"] != 0 for f in album.files)
 
 
 # 5. classify
@@ -349,52 +366,6 @@ def classify(out: AlbumOutcome) -> None:
         out.status = "staged"
     else:
         out.status = "unchanged"
-
-
-class AlbumStager:
-    """Steps 1-5 for one album; an album's own failure is its outcome, never the run's. A full
-    staging filesystem stops every album not yet started."""
-
-    def __init__(self, root: str, scan_id: str, dry_run: bool, limiter: RateLimiter, tmp_dir: str, recovered: set[str]):
-        self.root, self.scan_id, self.dry_run, self.limiter, self.tmp = root, scan_id, dry_run, limiter, tmp_dir
-        self.recovered = recovered
-        self.full: StagingFull | None = None
-        self._stop = threading.Event()
-
-    def __call__(self, album: Album) -> AlbumOutcome:
-        if self._stop.is_set():
-            return AlbumOutcome(album.rel_dir, "not_started", f"not started: {self.full}", album=album)
-        out, prior = AlbumOutcome(album.rel_dir, album=album), None
-        try:
-            out = plan_album(self.root, album, self.recovered)
-            if self.dry_run:
-                out.status, out.tracks = "planned", len(out.actions)
-                return out
-            info = album_info(album)
-            prior = journal.read(self.root, out.album_dir)
-            journal_album(self.root, out, self.scan_id, info, prior)
-            move_files(self.root, out, self.tmp, self.limiter)
-            finish_album(self.root, out, self.scan_id, info, self.tmp, prior)
-            classify(out)
-        except (StagingFull, OSError) as exc:
-            if not isinstance(exc, StagingFull) and exc.errno not in DISK_FULL:
-                out.status, out.error = "failed", f"{type(exc).__name__}: {exc}"
-                return out
-            self.full = exc if isinstance(exc, StagingFull) else StagingFull(f"staging filesystem {self.root} is full: {exc}")
-            self._stop.set()
-            # Rolled back: nothing of this album moved. A row an earlier run left pending stays so.
-            remove_empty_dirs(self.root, os.path.join(self.root, out.album_dir))
-            if prior is not None:
-                try:
-                    journal.write(self.root, prior)
-                except OSError:
-                    pass  # the `moving` entry stays instead; finishing it next run is harmless
-            else:
-                journal.remove(self.root, out.album_dir)
-            out.status, out.error = "failed", str(self.full)
-        except ALBUM_ERRORS as exc:
-            out.status, out.error = "failed", f"{type(exc).__name__}: {exc}"
-        return out
 
 
 def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:

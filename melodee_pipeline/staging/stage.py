@@ -1,8 +1,8 @@
 """stage_albums: every valid file of a scan into the staging layout (docs/design.md, "Staging").
 
 A run first finishes what an interrupted run left (`recover_interrupted`, from the journal), then
-stages each album through the protocol in `protocol.py` on `workers` threads (staging is
-metadata I/O), and records each album's outcome in the scan DB.
+stages the albums through the protocol in `protocol.py`, a batch at a time with a group commit
+per step (`stager.py`), on `workers` threads, and records each album's outcome in the scan DB.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from dataclasses import dataclass
 
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.libraries import check_disjoint
-from melodee_pipeline.parallel import bounded_map, thread_pool
+from melodee_pipeline.parallel import batched, thread_pool
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.extras import FolderExtras
 from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir, temp_dir
 from melodee_pipeline.staging.plan import DirectoryClaims, iter_albums
-from melodee_pipeline.staging.protocol import ALBUM_ERRORS, ALREADY, RENAME, AlbumOutcome, AlbumStager, recover
+from melodee_pipeline.staging.protocol import ALBUM_ERRORS, ALREADY, RENAME, AlbumOutcome, recover
 from melodee_pipeline.staging.ratelimit import RateLimiter
+from melodee_pipeline.staging.stager import BATCH_ALBUMS, AlbumStager
 from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ def stage_albums(
         else:
             recovered = prepare_staging(staging_root, logger)
         claims, extras = DirectoryClaims(staging_root), FolderExtras(conn)
-        stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered)
+        pool = thread_pool(workers) if workers > 1 else None
+        stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered, pool)
 
         def planned():
             for album in iter_albums(conn.cursor()):
@@ -153,9 +155,9 @@ def stage_albums(
         totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
         failures: dict[str, int] = {}
         emptied: set[bytes] = set()
-        pool = thread_pool(workers) if workers > 1 else None
+        outcomes = (out for albums in batched(planned(), BATCH_ALBUMS) for out in stager.stage(albums))
         try:
-            for out in bounded_map(stager, planned(), pool, window=workers * 4):
+            for out in outcomes:
                 _save_outcome(conn, out, dry_run)
                 totals["albums"] += 1
                 bad = out.status in ("failed", "partial", "not_started")

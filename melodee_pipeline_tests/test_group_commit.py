@@ -1,0 +1,117 @@
+"""Group commit (docs/design.md, "Group commit"): albums are staged a batch at a time, each step
+made durable for the whole batch by one barrier. These tests read the order of the real file
+operations (audit events) and check the protocol's promise: the journal entry is durable before
+the album's first link, every link before the first source goes, a sidecar's bytes before its
+name, and the sidecar before the `staged` entry that says it is final."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from melodee_pipeline.grouping import group_albums
+from melodee_pipeline.scan.scanner import scan_inbound
+from melodee_pipeline.staging import journal
+from melodee_pipeline.staging.durability import GroupCommit
+from melodee_pipeline.staging.sidecar import SIDECAR_NAME
+from melodee_pipeline.staging.stage import stage_albums
+from melodee_pipeline_tests.conftest import album, events_during
+
+ALBUMS = [("Alpha", "First", 1991), ("Beta", "Second", 1992), ("Gamma", "Third", 1993)]
+
+
+def stage(dirs) -> tuple[object, list[tuple]]:
+    for artist, name, year in ALBUMS:
+        album(dirs["inbound"], artist, name, year, ["One", "Two", "Three"])
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    return events_during(lambda: stage_albums(scan.scan_db, str(dirs["staging"]), workers=2))
+
+
+def album_dirs(staging) -> list[str]:
+    return sorted(os.path.dirname(os.path.join(d, SIDECAR_NAME)) for d, _, names in os.walk(staging)
+                  if SIDECAR_NAME in names)
+
+
+def positions(events, kind: str, match) -> list[int]:
+    return [i for i, e in enumerate(events) if e[0] == kind and match(e)]
+
+
+def test_every_step_of_a_batch_is_durable_before_the_next_begins(dirs):
+    result, events = stage(dirs)
+    assert result.files_moved == 9 and result.albums_success == 3
+    staging, inbound = str(dirs["staging"]), str(dirs["inbound"])
+    syncs = positions(events, "melodee.syncfs", lambda e: True)
+    assert not positions(events, "melodee.fsync", lambda e: True), "a group commit fsyncs nothing on its own"
+    assert 3 <= len(syncs) <= 6, syncs  # one batch: a barrier per step, not ten fsyncs an album
+
+    def synced_between(a: int, b: int) -> bool:
+        return a < b and any(a < s < b for s in syncs)
+
+    dirs_staged = album_dirs(staging)
+    assert len(dirs_staged) == 3
+    for album_dir in dirs_staged:
+        rel = os.path.relpath(album_dir, staging)
+        entry = journal._path(staging, rel)
+        published = positions(events, "os.rename", lambda e: e[2] == entry)
+        links = positions(events, "os.link", lambda e: os.path.dirname(e[2]) == album_dir)
+        sources = {e[1] for e in events if e[0] == "os.link" and os.path.dirname(e[2]) == album_dir}
+        unlinks = positions(events, "os.remove", lambda e: e[1] in sources and e[1].startswith(inbound))
+        sidecar = positions(events, "os.rename", lambda e: e[2] == os.path.join(album_dir, SIDECAR_NAME))
+        assert len(links) == 3 and len(unlinks) == 3 and len(sidecar) == 1 and len(published) == 2, rel
+        moving, staged = published
+        assert synced_between(moving, min(links)), f"{rel}: linked before its journal entry was durable"
+        assert synced_between(max(links), min(unlinks)), f"{rel}: a source went before every link was durable"
+        assert synced_between(max(unlinks), sidecar[0]), f"{rel}: sidecar named before its bytes were durable"
+        assert sidecar[0] < staged and any(s > staged for s in syncs), f"{rel}: `staged` before its sidecar"
+
+
+def test_without_syncfs_every_album_is_durable_on_its_own(dirs, monkeypatch):
+    monkeypatch.setattr(GroupCommit, "available", staticmethod(lambda: False))  # as on a system without syncfs
+    result, events = stage(dirs)
+    assert result.files_moved == 9 and result.albums_success == 3
+    assert not positions(events, "melodee.syncfs", lambda e: True)
+    for album_dir in album_dirs(str(dirs["staging"])):
+        links = positions(events, "os.link", lambda e: os.path.dirname(e[2]) == album_dir)
+        sources = {e[1] for e in events if e[0] == "os.link" and os.path.dirname(e[2]) == album_dir}
+        unlinks = positions(events, "os.remove", lambda e: e[1] in sources)
+        fsynced = positions(events, "melodee.fsync", lambda e: e[1] == album_dir)
+        assert any(max(links) < f < min(unlinks) for f in fsynced), album_dir
+
+
+@pytest.mark.parametrize("albums", [1, 40])
+def test_a_failed_publish_fails_its_album_alone_and_the_next_run_finishes_it(dirs, albums):
+    """A sidecar that cannot be named (a directory took its name after the files arrived): that
+    album fails with the reason and keeps its `moving` entry; the others are staged. Once the
+    name is free again, the next run finishes the album from its entry."""
+    import shutil
+
+    from melodee_pipeline.staging import stager
+
+    for i in range(albums):
+        album(dirs["inbound"], f"Artist {i}", "Record", 2000, ["One"])
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    staging = str(dirs["staging"])
+    victim = os.path.join(staging, "A0", "Artist 0", "2000 - Record")
+    blocker = os.path.join(victim, SIDECAR_NAME)
+    finish = stager.AlbumStager._finish
+
+    def finish_then_block(self, w):
+        finish(self, w)  # the sidecar waits for the barrier to be named
+        if os.path.join(staging, w.out.album_dir) == victim:
+            os.makedirs(os.path.join(blocker, "not empty"))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stager.AlbumStager, "_finish", finish_then_block)
+        result = stage_albums(scan.scan_db, staging, workers=1)
+    assert result.albums_failed == 1 and result.albums_success == albums - 1
+    assert result.pending_rows == albums - 1
+    assert journal.read(staging, os.path.relpath(victim, staging)).state == journal.MOVING
+    assert os.listdir(dirs["inbound"]) == []  # its track is staged, only its sidecar is missing
+    shutil.rmtree(blocker)
+    again = stage_albums(scan.scan_db, staging, workers=1)  # recovery finishes it first
+    assert again.recovered == 1
+    assert sorted(os.listdir(victim)) == ["01 - One.mp3", SIDECAR_NAME]
+    assert journal.read(staging, os.path.relpath(victim, staging)).state == journal.STAGED
