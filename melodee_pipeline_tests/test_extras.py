@@ -167,3 +167,19 @@ def test_sigkill_while_extras_move_converges_on_the_next_run(point, dirs):
     assert sorted(os.listdir(target)) == sorted(["01 - One.flac", "02 - Two.flac", "album.melodee.json", *extras])
     assert without_sidecars(snapshot(dirs["inbound"], dirs["staging"])) == sorted(before.values())
     assert sidecar(target)["album"]["image_count"] == 2
+
+
+def test_staging_reads_no_track_for_a_cover_when_the_scan_saw_none(dirs):
+    """The scan notes whether a file embeds an image; staging opens a track again only then."""
+    from melodee_pipeline_tests.conftest import opened_during
+
+    album(dirs["inbound"], "Band", "Plain", 2001, ["One", "Two"], ".mp3")
+    tracks = album(dirs["inbound"], "Band", "Pictured", 2002, ["One", "Two"], ".mp3")
+    embed_cover(str(tracks[0]), png_bytes(3))
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    _, opened = opened_during(lambda: stage_albums(scan.scan_db, str(dirs["staging"]), workers=1))
+    read_again = sorted(os.path.relpath(p, dirs["staging"]) for p in opened if p.endswith(".mp3"))
+    assert read_again == ["BAN/Band/2002 - Pictured/01 - One.mp3"]
+    assert (dirs["staging"] / "BAN/Band/2002 - Pictured/cover.png").read_bytes() == png_bytes(3)
+    assert not (dirs["staging"] / "BAN/Band/2001 - Plain/cover.png").exists()
