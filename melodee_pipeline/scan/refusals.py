@@ -28,9 +28,13 @@ class Refusals:
     def __init__(self, scan_db_dir: str):
         self.conn = sqlite3.connect(os.path.join(scan_db_dir, FILE), timeout=30)
         self.conn.execute(SCHEMA)
+        # Most scans remember no refusal at all; then no file costs a query.
+        self.empty = self.conn.execute("SELECT 1 FROM refusals LIMIT 1").fetchone() is None
 
     def recall(self, path: bytes, st: os.stat_result) -> tuple[str, str, int] | None:
         """(reason, file_hash, first_refused) if `path` was refused and is unchanged since."""
+        if self.empty:
+            return None
         return self.conn.execute(
             "SELECT reason, file_hash, first_refused FROM refusals "
             "WHERE path_bytes = ? AND size = ? AND mtime_ns = ? AND ino = ? AND ctime_ns = ?",
