@@ -140,10 +140,14 @@ def own_dir(path: str) -> str:
     """A directory of the pipeline's own under the staging root (temp files, the journal), made if
     missing; a symlink or anything else there is refused, so nothing is written or deleted through it."""
     try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-    if os.path.islink(path) or not os.path.isdir(path):
+        st = os.lstat(path)  # one call on the usual path: it exists and is a plain directory
+    except FileNotFoundError:
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):  # lstat: a symlink is no directory
         raise UserError(f"refusing to use {path}: it is not a plain directory (a symlink?); remove it")
     return path
 
