@@ -149,3 +149,20 @@ def test_scan_db_has_go_column_types_and_scan_id_is_its_file_name(tmp_path):
     text = [n for n, t in types.items() if t == "TEXT"]
     nulls = conn.execute(f"SELECT {' + '.join(f'({c} IS NULL)' for c in text)} FROM scanned_files").fetchall()
     assert nulls == [(0,), (0,)]
+
+
+@pytest.mark.parametrize("every, lines", [(None, 0), (0.0, 6)])
+def test_progress_is_logged_by_the_clock_not_per_thousand_files(tmp_path, monkeypatch, caplog, every, lines):
+    """Each progress line is a Dagster event (a Postgres write): a quick scan logs none; with the
+    interval at zero, every file is due, so the clock alone decides."""
+    import logging
+
+    from melodee_pipeline import progress
+
+    if every is not None:
+        monkeypatch.setattr(progress, "EVERY_SECONDS", every)
+    for i in range(6):
+        make_track(str(tmp_path / "in" / f"{i}.mp3"), Tags("A", "B", f"T{i}", track=i + 1))
+    with caplog.at_level(logging.INFO):
+        scan_inbound(str(tmp_path / "in"), str(tmp_path / "scans"), workers=1, min_file_age_seconds=0)
+    assert sum(m.startswith("scanned ") for m in caplog.messages) == lines

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from melodee_pipeline import faults
 from melodee_pipeline.parallel import batched, bounded_map, process_pool
+from melodee_pipeline.progress import Progress
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.refusals import Refusals
 from melodee_pipeline.scan.tags import ROW_COLUMNS, as_tuple, display_path, file_row, read_media_files, sha256_file
@@ -17,7 +18,6 @@ from melodee_pipeline.scan.walk import Skip, walk_inbound
 
 BATCH = 500  # rows per SQLite transaction
 TASK_FILES, TASK_BYTES = 32, 16 << 20  # per worker task: many small files or a few large ones
-PROGRESS_EVERY = 1000
 COLUMNS = (*ROW_COLUMNS, "refused_since", "created_at")
 _INSERT = f"INSERT OR REPLACE INTO scanned_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _VALID, _ERROR = ROW_COLUMNS.index("is_valid"), ROW_COLUMNS.index("validation_error")
@@ -89,6 +89,7 @@ def scan_inbound(
                      "VALUES (?, ?, ?, ?, ?)", (path, display_path(path), os.path.dirname(path), st.st_size, digest))
 
     files = valid = unchanged = 0
+    progress = Progress()
     batch: list[tuple] = []
 
     def add(row: tuple, refused_since: int | None) -> None:
@@ -103,7 +104,7 @@ def scan_inbound(
             conn.executemany(_INSERT, batch)
             conn.commit()
             batch.clear()
-        if files % PROGRESS_EVERY == 0:
+        if progress.due():
             logger.info(f"scanned {files} files ({valid} valid) in {time.monotonic() - started:.1f}s")
 
     def to_read(entries):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.libraries import check_disjoint
 from melodee_pipeline.parallel import batched, thread_pool
+from melodee_pipeline.progress import Progress
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.extras import FolderExtras
@@ -29,7 +30,7 @@ from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY = 1000  # files between progress lines
+COMMIT_EVERY = 1000  # files between scan DB commits
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ def stage_albums(
         totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
         failures: dict[str, int] = {}
         emptied: set[bytes] = set()
+        progress = Progress()
         outcomes = (out for albums in batched(planned(), BATCH_ALBUMS) for out in stager.stage(albums))
         try:
             for out in outcomes:
@@ -174,8 +176,9 @@ def stage_albums(
                     reason = out.status if out.status != "failed" else (out.error or "failed").split(":")[0]
                     failures[reason] = failures.get(reason, 0) + 1
                 files_done = totals["moved"] + totals["already"] + totals["files_failed"]
-                if files_done // PROGRESS_EVERY > (files_done - len(out.actions)) // PROGRESS_EVERY:
+                if files_done // COMMIT_EVERY > (files_done - len(out.actions)) // COMMIT_EVERY:
                     conn.commit()
+                if progress.due():
                     logger.info(f"{'planned' if dry_run else 'staged'} {totals['albums']} albums, {files_done} files "
                                 f"({totals['moved']} moved) in {time.monotonic() - started:.1f}s")
         finally:
