@@ -115,3 +115,16 @@ def test_a_failed_publish_fails_its_album_alone_and_the_next_run_finishes_it(dir
     assert again.recovered == 1
     assert sorted(os.listdir(victim)) == ["01 - One.mp3", SIDECAR_NAME]
     assert journal.read(staging, os.path.relpath(victim, staging)).state == journal.STAGED
+
+
+def test_one_artist_spelled_in_two_letter_cases_shares_one_directory_within_a_batch(dirs):
+    """A batch's directories are chosen before any of them exists: the spelling handed out first
+    is the artist's for the rest of the run."""
+    album(dirs["inbound"], "ABBA", "Arrival", 1976, ["One"])
+    album(dirs["inbound"], "Abba", "Waterloo", 1974, ["Two"])
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    stage_albums(scan.scan_db, str(dirs["staging"]), workers=1)
+    assert len(os.listdir(dirs["staging"] / "ABB")) == 1
+    (artist,) = os.listdir(dirs["staging"] / "ABB")
+    assert sorted(os.listdir(dirs["staging"] / "ABB" / artist)) == ["1974 - Waterloo", "1976 - Arrival"]

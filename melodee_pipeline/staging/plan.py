@@ -90,10 +90,16 @@ class DirectoryClaims:
     def __init__(self, staging_root: str):
         self.root = staging_root
         self.owner: dict[str, str] = {}  # name_key of the relative dir -> album_group_id
+        # name_key of code/artist -> the spelling handed out: albums are planned a batch ahead of
+        # their directories, so "ABBA" and "Abba" must share one without seeing it on disk.
+        self.artists: dict[str, str] = {}
 
     def assign(self, album: Album) -> None:
         code, artist_dir, album_dir = album.rel_dir.split(os.sep)
-        artist_dir = existing_spelling(os.path.join(self.root, code), artist_dir)
+        key = name_key(os.path.join(code, artist_dir))
+        if key not in self.artists:
+            self.artists[key] = existing_spelling(os.path.join(self.root, code), artist_dir)
+        artist_dir = self.artists[key]
         parent = os.path.join(code, artist_dir)
         for n in itertools.count(1):
             name = existing_spelling(os.path.join(self.root, parent), album_dir if n == 1 else _numbered(album_dir, n))
