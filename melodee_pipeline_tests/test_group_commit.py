@@ -128,3 +128,72 @@ def test_one_artist_spelled_in_two_letter_cases_shares_one_directory_within_a_ba
     assert len(os.listdir(dirs["staging"] / "ABB")) == 1
     (artist,) = os.listdir(dirs["staging"] / "ABB")
     assert sorted(os.listdir(dirs["staging"] / "ABB" / artist)) == ["1974 - Waterloo", "1976 - Arrival"]
+
+
+def failing_syncfs(monkeypatch, nth: int) -> None:
+    """The nth syncfs reports a writeback error (EIO), as a failing disk does."""
+    import errno
+
+    from melodee_pipeline.staging import durability
+
+    real, calls = durability.syncfs, []
+
+    def syncfs(path):
+        calls.append(path)
+        if len(calls) == nth:
+            raise OSError(errno.EIO, "Input/output error", path)
+        real(path)
+
+    monkeypatch.setattr(durability, "syncfs", syncfs)
+
+
+def test_a_flush_that_fails_before_the_sources_go_keeps_every_source(dirs, monkeypatch):
+    """Barriers of one batch: journal (syncs 1, 2), place (3), finish (4, 5). The place barrier
+    fails: no source goes, every album fails with the reason, and the next run finishes them."""
+    failing_syncfs(monkeypatch, 3)
+    result, events = stage(dirs)
+    assert result.albums_failed == 3 and result.pending_rows == 0
+    assert not positions(events, "os.remove", lambda e: e[1].startswith(str(dirs["inbound"])))
+    assert len([p for p in dirs["inbound"].rglob("*.mp3")]) == 9
+    monkeypatch.undo()
+    again = stage_albums(str(next(dirs["scans"].glob("scan_*.db"))), str(dirs["staging"]), workers=1)
+    assert again.recovered == 9 and not list(dirs["inbound"].rglob("*.mp3"))  # files finished from the journal
+    assert len(album_dirs(str(dirs["staging"]))) == 3
+
+
+def test_a_flush_that_fails_after_publishing_keeps_the_rows_pending(dirs, monkeypatch):
+    """The last flush of the finish barrier fails: the albums are reported failed, with the
+    reason, but their sidecars and `staged` entries are there, so their rows are still recorded."""
+    failing_syncfs(monkeypatch, 5)
+    result, _ = stage(dirs)
+    assert result.albums_failed == 3 and result.pending_rows == 3
+    found, _ = journal.entries(str(dirs["staging"]))
+    assert sorted(e.state for e in found) == [journal.STAGED] * 3
+
+
+def test_a_full_disk_while_finishing_keeps_the_album_for_the_next_run(dirs, monkeypatch):
+    """ENOSPC writing one album's `staged` entry: its sources are gone already, so nothing is
+    rolled back; its `moving` entry stays, the run fails as full, and the next run finishes it."""
+    import errno
+
+    from melodee_pipeline.errors import StagingFull
+
+    for i in range(3):
+        album(dirs["inbound"], f"Artist {i}", "Record", 2000, ["One", "Two"])
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    staging, victim = str(dirs["staging"]), os.path.join("A1", "Artist 1", "2000 - Record")
+    real = journal.replace_durably
+
+    def full(final, data, tmp):
+        if final == journal._path(staging, victim) and b'"staged"' in data:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(final, data, tmp)
+
+    monkeypatch.setattr(journal, "replace_durably", full)
+    with pytest.raises(StagingFull):
+        stage_albums(scan.scan_db, staging, workers=1)
+    assert journal.read(staging, victim).state == journal.MOVING
+    monkeypatch.undo()
+    again = stage_albums(scan.scan_db, staging, workers=1)
+    assert again.recovered == 2 and journal.read(staging, victim).state == journal.STAGED  # its two files

@@ -118,7 +118,10 @@ class GroupCommit:
         with self._lock:
             self._queued.append((_local.owner, tmp, final, link))
 
-    def barrier(self) -> dict[str, OSError]:
+    def barrier(self) -> tuple[dict[str, OSError], OSError | None]:
+        """Raises OSError when the flush before publishing fails (nothing is published). Returns
+        the failed publishes, per owner, and the error of the flush after publishing, if it
+        failed (the names are there; whether they are on disk is unknown)."""
         syncfs(self.root)  # the temp files' bytes, new directories and names, journal entries
         with self._lock:
             queued, self._queued = self._queued, []
@@ -133,6 +136,10 @@ class GroupCommit:
                 pass  # a link never replaces: the name is someone else's, the temp file is gone
             except OSError as exc:
                 failed[owner] = exc
+        unflushed = None
         if queued:
-            syncfs(self.root)  # the names just published
-        return failed
+            try:
+                syncfs(self.root)  # the names just published
+            except OSError as exc:
+                unflushed = exc
+        return failed, unflushed

@@ -64,17 +64,24 @@ class AlbumStager:
         return [w.out for w in batch]
 
     def _barrier(self, commit: GroupCommit, live: list[_Work]) -> None:
-        """A failed publish fails its album (its `moving` entry stays: the next run finishes it);
-        a failed flush fails every album of the step, and none of their sources goes."""
+        """A failed publish fails its album: its `moving` entry stays, and the next run finishes
+        it. A flush that fails before publishing fails every album of the step (after the place
+        step: none of their sources goes; after the finish step they are gone already, and the
+        `moving` entries finish those albums next run). A flush that fails after publishing fails
+        them too, though what was published stays published (a `staged` entry keeps its row)."""
         try:
-            failed = commit.barrier()
+            failed, unflushed = commit.barrier()
         except OSError as exc:
-            failed = {w.out.album_dir: exc for w in live}
-        for w in live:
+            failed, unflushed = {w.out.album_dir: exc for w in live}, None
+        for w in (w for w in live if not w.done):
             exc = failed.get(w.out.album_dir)
-            if exc is not None and not w.done:
-                w.out.status, w.out.error = "failed", f"could not make it durable: {type(exc).__name__}: {exc}"
-                w.out.pending_row, w.done = False, True
+            if exc is not None:
+                w.out.status, w.out.pending_row, w.done = "failed", False, True
+                w.out.error = (f"could not make it durable: {type(exc).__name__}: {exc}; "
+                               "its journal entry stays for the next run")
+            elif unflushed is not None:
+                w.out.status, w.done = "failed", True
+                w.out.error = f"written, but the staging filesystem could not flush it: {unflushed}"
 
     def _run(self, step: Callable[[_Work], None], w: _Work, commit: GroupCommit | None) -> None:
         try:
@@ -86,7 +93,12 @@ class AlbumStager:
                 return
             self.full = exc if isinstance(exc, StagingFull) else StagingFull(f"staging filesystem {self.root} is full: {exc}")
             self._stop.set()
-            self._abandon(w, "failed", str(self.full))
+            if step == self._finish:
+                # Its sources are gone already: nothing to roll back. Its `moving` entry stays,
+                # and the next run (with space again) finishes the album from it.
+                w.out.status, w.out.error, w.done = "failed", f"{self.full}; its journal entry stays for the next run", True
+            else:
+                self._abandon(w, "failed", str(self.full))
         except ALBUM_ERRORS as exc:
             self._fail(w, exc)
 
