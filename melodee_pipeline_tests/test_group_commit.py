@@ -7,6 +7,7 @@ name, and the sidecar before the `staged` entry that says it is final."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -19,6 +20,9 @@ from melodee_pipeline.staging.stage import stage_albums
 from melodee_pipeline_tests.conftest import album, events_during
 
 ALBUMS = [("Alpha", "First", 1991), ("Beta", "Second", 1992), ("Gamma", "Third", 1993)]
+# Where the tests' temp dirs live must be a filesystem whose syncfs flushes (ext4, xfs, overlay...).
+group_commit = pytest.mark.skipif(not GroupCommit.available(tempfile.gettempdir()),
+                                  reason="no group commit on this filesystem: every call is durable on its own")
 
 
 def stage(dirs) -> tuple[object, list[tuple]]:
@@ -38,6 +42,7 @@ def positions(events, kind: str, match) -> list[int]:
     return [i for i, e in enumerate(events) if e[0] == kind and match(e)]
 
 
+@group_commit
 def test_every_step_of_a_batch_is_durable_before_the_next_begins(dirs):
     result, events = stage(dirs)
     assert result.files_moved == 9 and result.albums_success == 3
@@ -68,7 +73,7 @@ def test_every_step_of_a_batch_is_durable_before_the_next_begins(dirs):
 
 
 def test_without_syncfs_every_album_is_durable_on_its_own(dirs, monkeypatch):
-    monkeypatch.setattr(GroupCommit, "available", staticmethod(lambda: False))  # as on a system without syncfs
+    monkeypatch.setattr(GroupCommit, "available", staticmethod(lambda root: False))  # as on a system without syncfs
     result, events = stage(dirs)
     assert result.files_moved == 9 and result.albums_success == 3
     assert not positions(events, "melodee.syncfs", lambda e: True)
@@ -80,6 +85,7 @@ def test_without_syncfs_every_album_is_durable_on_its_own(dirs, monkeypatch):
         assert any(max(links) < f < min(unlinks) for f in fsynced), album_dir
 
 
+@group_commit
 @pytest.mark.parametrize("albums", [1, 40])
 def test_a_failed_publish_fails_its_album_alone_and_the_next_run_finishes_it(dirs, albums):
     """A sidecar that cannot be named (a directory took its name after the files arrived): that
@@ -147,6 +153,7 @@ def failing_syncfs(monkeypatch, nth: int) -> None:
     monkeypatch.setattr(durability, "syncfs", syncfs)
 
 
+@group_commit
 def test_a_flush_that_fails_before_the_sources_go_keeps_every_source(dirs, monkeypatch):
     """Barriers of one batch: journal (syncs 1, 2), place (3), finish (4, 5). The place barrier
     fails: no source goes, every album fails with the reason, and the next run finishes them."""
@@ -161,6 +168,7 @@ def test_a_flush_that_fails_before_the_sources_go_keeps_every_source(dirs, monke
     assert len(album_dirs(str(dirs["staging"]))) == 3
 
 
+@group_commit
 def test_a_flush_that_fails_after_publishing_keeps_the_rows_pending(dirs, monkeypatch):
     """The last flush of the finish barrier fails: the albums are reported failed, with the
     reason, but their sidecars and `staged` entries are there, so their rows are still recorded."""
@@ -197,3 +205,34 @@ def test_a_full_disk_while_finishing_keeps_the_album_for_the_next_run(dirs, monk
     monkeypatch.undo()
     again = stage_albums(scan.scan_db, staging, workers=1)
     assert again.recovered == 2 and journal.read(staging, victim).state == journal.STAGED  # its two files
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:45 / /mnt/music\\040box rw - fuse.sshfs nas:/music rw,user_id=0
+41 27 0:46 / /srv/pool rw - fuse.mergerfs a:b rw
+42 27 0:47 / /srv/nfs rw - nfs4 nas:/x rw
+"""
+
+
+@pytest.mark.parametrize("device, path, kind, grouped", [
+    ("254:0", "/srv/pool/staging", "ext4", True),  # the device decides
+    ("0:99", "/", "ext4", True),
+    ("0:99", "/srv/pool/staging", "fuse.mergerfs", False),  # else the longest mount point above
+    ("0:99", "/mnt/music box/staging", "fuse.sshfs", False),
+    ("0:47", "/elsewhere", "nfs4", False),
+])
+def test_group_commit_only_where_syncfs_reaches_the_disk(device, path, kind, grouped):
+    """A FUSE server never sees a syncfs, nor does an NFS or SMB server: there every call is
+    fsync'd on its own."""
+    from melodee_pipeline.staging.durability import SYNCFS_FLUSHES, mount_type
+
+    assert mount_type(MOUNTINFO, device, path) == kind
+    assert (kind in SYNCFS_FLUSHES) == grouped
+
+
+def test_the_filesystem_of_a_real_directory_is_found(tmp_path):
+    from melodee_pipeline.staging.durability import filesystem_type
+
+    assert filesystem_type(str(tmp_path)) not in ("", "proc")

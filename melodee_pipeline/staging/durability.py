@@ -8,7 +8,9 @@ is published (renamed or linked to its final name) only at the next `barrier`, a
 are on disk. So a name never points at bytes that are not durable, and each step is durable
 before the next starts, for the whole batch at once (as a database's group commit does).
 
-Without `syncfs` (not Linux), there is no deferring: every call is durable on its own.
+Only where `syncfs` is known to flush the filesystem (local disk filesystems, overlay) is there
+deferring; elsewhere (not Linux; FUSE, NFS and SMB mounts, whose servers never see a `syncfs`)
+every call is durable on its own, as one album at a time always was.
 """
 
 from __future__ import annotations
@@ -34,6 +36,38 @@ def _load_syncfs():
 
 _SYNCFS = _load_syncfs()
 _local = threading.local()
+# Filesystems whose `syncfs` writes back everything: data, inodes, directories, the journal.
+SYNCFS_FLUSHES = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs", "nilfs2", "overlay",
+                  "tmpfs", "ramfs"}
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem holding `path`, "" if unknown."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            mountinfo = f.read()
+    except OSError:
+        return ""
+    dev = os.stat(path).st_dev
+    return mount_type(mountinfo, f"{os.major(dev)}:{os.minor(dev)}", os.path.realpath(path))
+
+
+def mount_type(mountinfo: str, device: str, real_path: str) -> str:
+    """From `/proc/self/mountinfo`: the type of the mount with `device` ("major:minor"), else of
+    the longest mount point above `real_path` (a btrfs subvolume has a device of its own)."""
+    by_device, by_prefix, longest = "", "", -1
+    for line in mountinfo.splitlines():
+        fields, _, rest = line.partition(" - ")
+        parts, kind = fields.split(), rest.split(" ", 1)[0]
+        if len(parts) < 5 or not kind:
+            continue
+        mount_point = parts[4].encode().decode("unicode_escape")  # "\040" is a space
+        if parts[2] == device:
+            by_device = kind
+        inside = real_path == mount_point or real_path.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) > longest:
+            by_prefix, longest = kind, len(mount_point)
+    return by_device or by_prefix
 
 
 def syncfs(path: str) -> None:
@@ -103,8 +137,8 @@ class GroupCommit:
         self._queued: list[tuple[str, str, str, bool]] = []
 
     @staticmethod
-    def available() -> bool:
-        return _SYNCFS is not None
+    def available(root: str) -> bool:
+        return _SYNCFS is not None and filesystem_type(root) in SYNCFS_FLUSHES
 
     @contextmanager
     def deferring(self, owner: str) -> Iterator[None]:

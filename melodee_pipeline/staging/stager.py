@@ -46,9 +46,10 @@ class AlbumStager:
         self.recovered, self.pool = recovered, pool
         self.full: StagingFull | None = None
         self._stop = threading.Event()
+        self.group_commit = not dry_run and GroupCommit.available(root)
 
     def stage(self, albums: list[Album]) -> list[AlbumOutcome]:
-        commit = GroupCommit(self.root) if GroupCommit.available() and not self.dry_run else None
+        commit = GroupCommit(self.root) if self.group_commit else None
         batch = [_Work(AlbumOutcome(a.rel_dir, album=a)) for a in albums]
         for step in (self._plan, self._place, self._finish):
             live = [w for w in batch if not w.done]
