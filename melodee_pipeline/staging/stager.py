@@ -1,9 +1,10 @@
 """Albums through the staging protocol a batch at a time (docs/design.md, "Group commit").
 
-Each step (plan and journal, place, release and finish) runs for every album of the batch, on the
-run's threads, and then one barrier makes the whole step durable before the next begins: the
-ordering of the per-album protocol, for a few `syncfs` calls a batch instead of about ten fsyncs
-an album. An album's own failure is its outcome, never the run's or the batch's; a full staging
+Each step (plan and journal, place, release and finish) runs for every album of the batch, and
+then one barrier makes the whole step durable before the next begins: the ordering of the
+per-album protocol, for a few `syncfs` calls a batch instead of about ten fsyncs an album. Placing
+runs on the run's threads (a copy across filesystems waits on the disk); the other steps run in
+order, since they are Python and metadata calls, which threads only slowed down. An album's own failure is its outcome, never the run's or the batch's; a full staging
 filesystem stops every album whose files are not placed yet.
 """
 
@@ -56,8 +57,6 @@ class AlbumStager:
             if not live:
                 break
             run = lambda w, step=step: self._run(step, w, commit)  # noqa: E731
-            # Only placing files waits on the disk (copies across filesystems); the other steps
-            # are Python and metadata calls, which threads only slow down (the GIL's convoy).
             threaded = self.pool is not None and step == self._place
             list(self.pool.map(run, live) if threaded else map(run, live))
             if commit is not None:
