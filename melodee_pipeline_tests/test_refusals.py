@@ -9,6 +9,8 @@ import sqlite3
 import time
 from functools import partial
 
+import pytest
+
 from melodee_pipeline.samples import Tags, make_track, tag
 from melodee_pipeline.scan.scanner import scan_inbound
 from melodee_pipeline_tests import conftest
@@ -31,6 +33,15 @@ def created_at(scan_db: str) -> int:
     return sqlite3.connect(scan_db).execute("SELECT created_at FROM scanned_files LIMIT 1").fetchone()[0]
 
 
+@pytest.fixture(params=["in memory", "one query a file"])
+def memory(request, monkeypatch):
+    """Up to IN_MEMORY_MAX remembered refusals are looked up in a dict; beyond, one query a file."""
+    from melodee_pipeline.scan import refusals
+
+    if request.param == "one query a file":
+        monkeypatch.setattr(refusals, "IN_MEMORY_MAX", -1)
+
+
 def leftovers(tmp_path):
     inbound = tmp_path / "in"
     make_track(str(inbound / "good.mp3"), Tags("A", "B", "T"))
@@ -40,7 +51,7 @@ def leftovers(tmp_path):
     return inbound
 
 
-def test_unchanged_leftover_is_not_read_again_but_still_counted_and_listed(tmp_path):
+def test_unchanged_leftover_is_not_read_again_but_still_counted_and_listed(tmp_path, memory):
     inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
     scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
     first, opened = opened_during(inbound, scan)
@@ -59,7 +70,7 @@ def test_unchanged_leftover_is_not_read_again_but_still_counted_and_listed(tmp_p
     assert len(row[0]) == 64 and row[1:] == (st.st_size, int(st.st_mtime))
 
 
-def test_a_changed_leftover_is_read_again_at_once(tmp_path):
+def test_a_changed_leftover_is_read_again_at_once(tmp_path, memory):
     inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
     scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
     scan()
@@ -78,7 +89,7 @@ def test_a_changed_leftover_is_read_again_at_once(tmp_path):
     assert opened == ["good.mp3", "junk.ogg", "no_title.flac"]
 
 
-def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path):
+def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path, memory):
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, keep_scan_dbs=1)
     scan()
@@ -152,3 +163,20 @@ def test_refusals_command_lists_every_refused_file_and_skipped_path(tmp_path, ca
     assert err.endswith(f"in {second.scan_db}\n")
     assert main(["refusals", "--dir", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err == f"error: no scan database in {tmp_path / 'nothing'}\n"
+
+
+def test_a_scan_with_nothing_to_read_starts_no_worker(tmp_path, monkeypatch):
+    """Starting workers costs more than a run over remembered refusals (a spawn imports mediafile
+    in each): they start only when a file is to be read."""
+    from melodee_pipeline.scan import scanner
+
+    inbound = leftovers(tmp_path)
+    (inbound / "good.mp3").unlink()
+    started = []
+    real = scanner.process_pool
+    monkeypatch.setattr(scanner, "process_pool", lambda *a: started.append(a) or real(*a))
+    scan = partial(scan_inbound, str(inbound), str(tmp_path / "scans"), workers=2, min_file_age_seconds=0)
+    assert scan().invalid == 2 and len(started) == 1
+    assert scan().unchanged == 2 and len(started) == 1
+    (inbound / "junk.ogg").write_text("changed, still not audio")
+    assert scan().unchanged == 1 and len(started) == 2

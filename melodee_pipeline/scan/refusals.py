@@ -24,25 +24,41 @@ CREATE TABLE IF NOT EXISTS refusals (
 """
 
 
+IN_MEMORY_MAX = 100_000  # remembered refusals held in a dict (~300 bytes each); more are looked up one by one
+
+
 class Refusals:
     def __init__(self, scan_db_dir: str):
         self.conn = sqlite3.connect(os.path.join(scan_db_dir, FILE), timeout=30)
         self.conn.execute(SCHEMA)
-        # Most scans remember no refusal at all; then no file costs a query.
-        self.empty = self.conn.execute("SELECT 1 FROM refusals LIMIT 1").fetchone() is None
+        self.recalled = 0
+        # Most scans remember a few thousand refusals or none: one query, then a dict lookup per
+        # file instead of a query per file.
+        (self.count,) = self.conn.execute("SELECT count(*) FROM refusals").fetchone()
+        self.known: dict[bytes, tuple] | None = None
+        if self.count <= IN_MEMORY_MAX:
+            self.known = {row[0]: row[1:] for row in self.conn.execute(
+                "SELECT path_bytes, size, mtime_ns, ino, ctime_ns, reason, file_hash, first_refused FROM refusals")}
 
     def recall(self, path: bytes, st: os.stat_result) -> tuple[str, str, int] | None:
         """(reason, file_hash, first_refused) if `path` was refused and is unchanged since."""
-        if self.empty:
-            return None
-        return self.conn.execute(
-            "SELECT reason, file_hash, first_refused FROM refusals "
-            "WHERE path_bytes = ? AND size = ? AND mtime_ns = ? AND ino = ? AND ctime_ns = ?",
-            (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
-        ).fetchone()
+        if self.known is not None:
+            row = self.known.get(path)
+            found = row[4:] if row and row[:4] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) else None
+        else:
+            found = self.conn.execute(
+                "SELECT reason, file_hash, first_refused FROM refusals "
+                "WHERE path_bytes = ? AND size = ? AND mtime_ns = ? AND ino = ? AND ctime_ns = ?",
+                (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
+            ).fetchone()
+        self.recalled += found is not None
+        return found
 
-    def replace(self, scan_db: str) -> None:
-        """Remember the refusals of the completed scan `scan_db`, and only those."""
+    def replace(self, scan_db: str, refused: int) -> None:
+        """Remember the refusals of the completed scan `scan_db` (`refused` of them), and only
+        those. When each was recalled, unchanged, and nothing else is remembered, they already are."""
+        if refused == self.recalled == self.count:
+            return
         self.conn.execute("ATTACH DATABASE ? AS scan", (scan_db,))
         try:
             with self.conn:

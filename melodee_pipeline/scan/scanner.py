@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -120,9 +121,13 @@ def scan_inbound(
                 add(as_tuple({**file_row(path, st), "validation_error": reason, "file_hash": file_hash}), since)
 
     entries = to_read(walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip, on_extra))
-    pool = process_pool(workers, ["melodee_pipeline.scan.tags"]) if workers > 1 else None
+    pool = None
     try:
         tasks = batched(entries, TASK_FILES, TASK_BYTES, size=lambda item: item[1].st_size)
+        first = next(tasks, None)  # no file to read (an empty inbound, only remembered refusals): no workers
+        if workers > 1 and first is not None:
+            pool = process_pool(workers, ["melodee_pipeline.scan.tags"])
+        tasks = itertools.chain([first] if first is not None else [], tasks)
         for chunk in bounded_map(read_media_files, tasks, pool, window=workers * 4):
             for row in chunk:
                 add(row, None if row[_VALID] else created_at)
@@ -131,7 +136,7 @@ def scan_inbound(
         scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, unchanged=unchanged, skipped=skipped,
                         scan_seconds=f"{seconds:.3f}")
         conn.commit()
-        refusals.replace(path)  # only a completed scan replaces what is remembered
+        refusals.replace(path, files - valid)  # only a completed scan replaces what is remembered
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
