@@ -70,6 +70,16 @@ def touched_albums(scan_db: str) -> list[str]:
 def check_albums(engine: sa.Engine, staging_root: str, album_dirs: list[str]) -> Convergence:
     root = os.path.normpath(staging_root)
     result = Convergence(albums_checked=len(album_dirs))
+    with engine.connect() as conn:
+        # BATCH albums at a time: the sidecars' checksums and their rows of 40,000 albums held at
+        # once made this check the biggest thing in a run's memory.
+        for start in range(0, len(album_dirs), BATCH):
+            _check_batch(conn, root, album_dirs[start:start + BATCH], result)
+    result.problems += [f"debris in the staging temp dir: {p}" for p in temp_debris(root)]
+    return result
+
+
+def _check_batch(conn: sa.Connection, root: str, album_dirs: list[str], result: Convergence) -> None:
     checksums: dict[str, str] = {}
     for rel in album_dirs:
         album_dir = os.path.join(root, rel)
@@ -84,19 +94,13 @@ def check_albums(engine: sa.Engine, staging_root: str, album_dirs: list[str]) ->
         if problem:
             result.problems.append(problem)
         checksums[album_dir] = sc.checksum(data)
-    paths = list(checksums)
-    with engine.connect() as conn:
-        rows = {}
-        for start in range(0, len(paths), BATCH):
-            rows.update(existing_rows(conn, paths[start:start + BATCH]))
+    rows = existing_rows(conn, list(checksums))
     for path, checksum in checksums.items():
         row = rows.get(path)
         if row is None:
             result.problems.append(f"no staging_items row for {path}")
         elif row.checksum != checksum:
             result.problems.append(f"staging_items row of {path} has checksum {row.checksum}, the sidecar {checksum}")
-    result.problems += [f"debris in the staging temp dir: {p}" for p in temp_debris(root)]
-    return result
 
 
 def check_run(engine: sa.Engine, scan_db: str, staging_root: str) -> Convergence:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -84,21 +84,27 @@ def existing_spelling(parent: str, name: str) -> str:
         return name
 
 
+RECENT_ARTISTS = 1024  # spellings remembered: many batches of albums (stager.BATCH_ALBUMS)
+
+
 class DirectoryClaims:
     """Assigns each album a directory no other album owns (in this run or on disk)."""
 
     def __init__(self, staging_root: str):
         self.root = staging_root
         self.owner: dict[str, str] = {}  # name_key of the relative dir -> album_group_id
-        # name_key of code/artist -> the spelling handed out: albums are planned a batch ahead of
-        # their directories, so "ABBA" and "Abba" must share one without seeing it on disk.
-        self.artists: dict[str, str] = {}
+        # name_key of code/artist -> the spelling handed out lately: albums are planned a batch
+        # ahead of their directories, so "ABBA" and "Abba" must share one without seeing it on
+        # disk. Older batches' directories are on disk, so a few batches' worth is enough.
+        self.artists: OrderedDict[str, str] = OrderedDict()
 
     def assign(self, album: Album) -> None:
         code, artist_dir, album_dir = album.rel_dir.split(os.sep)
         key = name_key(os.path.join(code, artist_dir))
         if key not in self.artists:
             self.artists[key] = existing_spelling(os.path.join(self.root, code), artist_dir)
+            if len(self.artists) > RECENT_ARTISTS:
+                self.artists.popitem(last=False)
         artist_dir = self.artists[key]
         parent = os.path.join(code, artist_dir)
         for n in itertools.count(1):
