@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS refusals (
 """
 
 
-IN_MEMORY_MAX = 100_000  # remembered refusals held in a dict (~300 bytes each); more are looked up one by one
+IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~300 bytes each, ~6 MiB); more: a query a file
 
 
 class Refusals:
