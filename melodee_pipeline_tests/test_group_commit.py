@@ -6,6 +6,7 @@ name, and the sidecar before the `staged` entry that says it is final."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -236,3 +237,39 @@ def test_the_filesystem_of_a_real_directory_is_found(tmp_path):
     from melodee_pipeline.staging.durability import filesystem_type
 
     assert filesystem_type(str(tmp_path)) not in ("", "proc")
+
+
+@group_commit
+def test_a_cover_name_taken_before_the_barrier_is_never_claimed(dirs):
+    """Someone puts a cover.png into the album directory between the step that extracted the
+    embedded cover and the barrier that names it: the album fails this run (its sidecar, which
+    would claim the cover, is not published), and the next run finishes it without the claim."""
+    from melodee_pipeline.samples import embed_cover, png_bytes
+    from melodee_pipeline.staging import stager
+
+    tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One"])
+    embed_cover(str(tracks[0]), png_bytes(1))
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    staging, target = str(dirs["staging"]), dirs["staging"] / "BAN" / "Band" / "2001 - Record"
+    finish = stager.AlbumStager._finish
+
+    def finish_then_plant(self, w):
+        finish(self, w)
+        (target / "cover.png").write_bytes(png_bytes(2))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stager.AlbumStager, "_finish", finish_then_plant)
+        result = stage_albums(scan.scan_db, staging, workers=1)
+    assert result.albums_failed == 1 and "File exists" in sqlite_error(scan.scan_db)
+    assert (target / "cover.png").read_bytes() == png_bytes(2) and not (target / SIDECAR_NAME).exists()
+    stage_albums(scan.scan_db, staging, workers=1)
+    doc = json.loads((target / SIDECAR_NAME).read_text())
+    assert "cover_from_tags" not in doc["album"] and doc["album"]["image_count"] == 1
+    assert (target / "cover.png").read_bytes() == png_bytes(2)
+
+
+def sqlite_error(scan_db: str) -> str:
+    import sqlite3
+
+    return sqlite3.connect(scan_db).execute("SELECT error FROM albums").fetchone()[0]

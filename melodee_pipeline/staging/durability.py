@@ -166,9 +166,7 @@ class GroupCommit:
             faults.point("publish")
             try:
                 _apply(tmp, final, link)
-            except FileExistsError:
-                pass  # a link never replaces: the name is someone else's, the temp file is gone
-            except OSError as exc:
+            except OSError as exc:  # FileExistsError too: a cover's name taken meanwhile is not ours
                 failed[owner] = exc
         unflushed = None
         if queued:
