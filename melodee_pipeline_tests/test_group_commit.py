@@ -214,6 +214,7 @@ MOUNTINFO = """\
 40 27 0:45 / /mnt/music\\040box rw - fuse.sshfs nas:/music rw,user_id=0
 41 27 0:46 / /srv/pool rw - fuse.mergerfs a:b rw
 42 27 0:47 / /srv/nfs rw - nfs4 nas:/x rw
+43 27 0:48 / /mnt/müsik rw - fuse.rclone remote: rw
 """
 
 
@@ -223,6 +224,7 @@ MOUNTINFO = """\
     ("0:99", "/srv/pool/staging", "fuse.mergerfs", False),  # else the longest mount point above
     ("0:99", "/mnt/music box/staging", "fuse.sshfs", False),
     ("0:47", "/elsewhere", "nfs4", False),
+    ("0:99", "/mnt/müsik/staging", "fuse.rclone", False),  # mountinfo writes UTF-8 names as they are
 ])
 def test_group_commit_only_where_syncfs_reaches_the_disk(device, path, kind, grouped):
     """A FUSE server never sees a syncfs, nor does an NFS or SMB server: there every call is

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 import threading
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ def _load_syncfs():
 
 _SYNCFS = _load_syncfs()
 _local = threading.local()
+_OCTAL = re.compile(r"\\([0-7]{3})")  # mountinfo escapes space, tab, newline, backslash
 # Filesystems whose `syncfs` writes back everything: data, inodes, directories, the journal.
 SYNCFS_FLUSHES = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs", "nilfs2", "overlay",
                   "tmpfs", "ramfs"}
@@ -61,7 +63,7 @@ def mount_type(mountinfo: str, device: str, real_path: str) -> str:
         parts, kind = fields.split(), rest.split(" ", 1)[0]
         if len(parts) < 5 or not kind:
             continue
-        mount_point = parts[4].encode().decode("unicode_escape")  # "\040" is a space
+        mount_point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), parts[4])  # "\040" is a space
         if parts[2] == device:
             by_device = kind
         inside = real_path == mount_point or real_path.startswith(mount_point.rstrip("/") + "/")
