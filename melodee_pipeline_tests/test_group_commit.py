@@ -275,3 +275,35 @@ def sqlite_error(scan_db: str) -> str:
     import sqlite3
 
     return sqlite3.connect(scan_db).execute("SELECT error FROM albums").fetchone()[0]
+
+
+@group_commit
+@pytest.mark.parametrize("nth", [1, 4])  # the journal barrier's flush, the finish barrier's
+def test_a_failed_barrier_leaves_no_temp_files(dirs, monkeypatch, nth):
+    """Temp files that will never be published are removed, so the run's convergence check finds
+    no debris (the next run would clear them, but this run's report would name them)."""
+    from melodee_pipeline.convergence import temp_debris
+
+    failing_syncfs(monkeypatch, nth)
+    result, _ = stage(dirs)
+    assert result.albums_failed == 3
+    assert temp_debris(str(dirs["staging"])) == []
+
+
+def test_a_mount_point_whose_name_is_not_utf8_is_read_too():
+    """mountinfo is read with surrogateescape: a Latin-1 USB label must not break every run."""
+    from melodee_pipeline.staging.durability import mount_type
+
+    info = "27 1 254:0 / / rw - ext4 /dev/vda rw\n40 27 8:17 / /media/Caf\udce9 rw - vfat /dev/sdb1 rw\n"
+    assert mount_type(info, "254:0", "/srv/staging") == "ext4"
+    assert mount_type(info, "0:99", "/media/Caf\udce9/staging") == "vfat"
+
+
+@pytest.mark.parametrize("release, version", [("6.1.0-18-amd64", (6, 1)), ("5.8.0", (5, 8)),
+                                              ("4.18.0-513.el8.x86_64", (4, 18)), ("Darwin", (0, 0))])
+def test_group_commit_needs_a_kernel_whose_syncfs_reports_errors(release, version):
+    """Before Linux 5.8 a syncfs returned 0 even when writeback failed: no group commit there."""
+    from melodee_pipeline.staging.durability import SYNCFS_REPORTS_ERRORS, kernel_version
+
+    assert kernel_version(release) == version
+    assert (version >= SYNCFS_REPORTS_ERRORS) == (release in ("6.1.0-18-amd64", "5.8.0"))

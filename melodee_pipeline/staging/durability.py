@@ -8,9 +8,10 @@ is published (renamed or linked to its final name) only at the next `barrier`, a
 are on disk. So a name never points at bytes that are not durable, and each step is durable
 before the next starts, for the whole batch at once (as a database's group commit does).
 
-Only where `syncfs` is known to flush the filesystem (local disk filesystems, overlay) is there
-deferring; elsewhere (not Linux; FUSE, NFS and SMB mounts, whose servers never see a `syncfs`)
-every call is durable on its own, as one album at a time always was.
+Only where `syncfs` is known to flush the filesystem (local disk filesystems, overlay) and to
+report a failed writeback (Linux 5.8 on) is there deferring; elsewhere (not Linux, older kernels;
+FUSE, NFS and SMB mounts, whose servers never see a `syncfs`) every call is durable on its own, as
+one album at a time always was.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ _OCTAL = re.compile(r"\\([0-7]{3})")  # mountinfo escapes space, tab, newline, b
 # Filesystems whose `syncfs` writes back everything: data, inodes, directories, the journal.
 SYNCFS_FLUSHES = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs", "nilfs2", "overlay",
                   "tmpfs", "ramfs"}
+
+
+SYNCFS_REPORTS_ERRORS = (5, 8)  # older kernels' syncfs returns 0 even when writeback failed
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """`os.uname().release` ("6.1.0-18-amd64") as (6, 1); (0, 0) when it is not a Linux release."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def filesystem_type(path: str) -> str:
@@ -117,6 +127,15 @@ def publish(tmp: str, final: str, *, link: bool = False) -> None:
     fsync_dir(os.path.dirname(final))
 
 
+def _discard(tmps) -> None:
+    """Temp files that will never be published (the run's temp dir would keep them as debris)."""
+    for tmp in tmps:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
 def _apply(tmp: str, final: str, link: bool) -> None:
     if link:
         try:
@@ -140,7 +159,8 @@ class GroupCommit:
 
     @staticmethod
     def available(root: str) -> bool:
-        return _SYNCFS is not None and filesystem_type(root) in SYNCFS_FLUSHES
+        return (_SYNCFS is not None and kernel_version(os.uname().release) >= SYNCFS_REPORTS_ERRORS
+                and filesystem_type(root) in SYNCFS_FLUSHES)
 
     @contextmanager
     def deferring(self, owner: str) -> Iterator[None]:
@@ -158,18 +178,24 @@ class GroupCommit:
         """Raises OSError when the flush before publishing fails (nothing is published). Returns
         the failed publishes, per owner, and the error of the flush after publishing, if it
         failed (the names are there; whether they are on disk is unknown)."""
-        syncfs(self.root)  # the temp files' bytes, new directories and names, journal entries
         with self._lock:
             queued, self._queued = self._queued, []
+        try:
+            syncfs(self.root)  # the temp files' bytes, new directories and names, journal entries
+        except OSError:
+            _discard(tmp for _, tmp, _, _ in queued)
+            raise
         failed: dict[str, OSError] = {}
         for owner, tmp, final, link in queued:
             if owner in failed:
+                _discard([tmp])  # never published over a publish of its album that failed
                 continue
             faults.point("publish")
             try:
                 _apply(tmp, final, link)
             except OSError as exc:  # FileExistsError too: a cover's name taken meanwhile is not ours
                 failed[owner] = exc
+                _discard([tmp])
         unflushed = None
         if queued:
             try:
