@@ -50,8 +50,9 @@ def makedirs_durable(path: str, stop_at: str) -> None:
 
 def replace_durably(final: str, data: bytes, tmp_dir: str) -> None:
     """Temp file + fsync + rename + fsync of the directory (or, in a group commit, the barrier): a
-    reader sees the old file or the new one, never half of one, and a power cut keeps the new one. The temp file lives in the staging
-    temp dir, which every run clears first, so a crash never leaves debris beside `final`."""
+    reader sees the old file or the new one, never half of one, and a power cut keeps the new one.
+    The temp file lives in the staging temp dir, which every run clears first, so a crash never
+    leaves debris beside `final`."""
     own_dir(tmp_dir)
     tmp = os.path.join(tmp_dir, f"replace-{uuid.uuid4().hex}")
     try:

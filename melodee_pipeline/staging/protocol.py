@@ -217,6 +217,7 @@ def _hold_back_extras(out: AlbumOutcome) -> None:
 
 
 def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter | None = None) -> None:
+    """Step 3 for one album on its own (recovery): place, then release."""
     place_files(root, out, tmp_dir, limiter)
     release_sources(root, out)
 
