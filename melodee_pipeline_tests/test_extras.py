@@ -183,3 +183,17 @@ def test_staging_reads_no_track_for_a_cover_when_the_scan_saw_none(dirs):
     assert read_again == ["BAN/Band/2002 - Pictured/01 - One.mp3"]
     assert (dirs["staging"] / "BAN/Band/2002 - Pictured/cover.png").read_bytes() == png_bytes(3)
     assert not (dirs["staging"] / "BAN/Band/2001 - Plain/cover.png").exists()
+
+
+def test_an_extra_whose_name_ends_in_a_dot_never_becomes_a_media_name(dirs):
+    """`notes.mp3.` is no audio file (the scan leaves it as an extra); sanitising drops its
+    trailing dot, which would make it `notes.mp3`, a track its sidecar does not list."""
+    from melodee_pipeline.convergence import sidecar_problem
+
+    tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
+    (tracks[0].parent / "notes.mp3.").write_bytes(b"just text\n")
+    run(dirs)
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == ["01 - One.flac", "album.melodee.json", "notes.mp3_"]
+    data = (target / "album.melodee.json").read_bytes()
+    assert sidecar_problem(str(target), data, os.listdir(target)) is None

@@ -20,9 +20,10 @@ from collections import defaultdict
 
 import mediafile
 
+from melodee_pipeline.scan.walk import is_media
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.durability import fsync_file, publish
-from melodee_pipeline.staging.paths import sanitize_component
+from melodee_pipeline.staging.paths import MAX_COMPONENT_BYTES, sanitize_component, truncate_utf8
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.validation import is_image
 
@@ -60,8 +61,13 @@ class FolderExtras:
 
 
 def extra_name(path: bytes) -> str:
-    """The extra's own name, made safe for every client like a tag-derived one."""
-    return sanitize_component(os.fsdecode(os.path.basename(bytes(path))))
+    """The extra's own name, made safe for every client like a tag-derived one. An extra never
+    comes out with a media name ("notes.mp3." loses its dot), which its sidecar would not list."""
+    original = os.path.basename(bytes(path))
+    name = sanitize_component(os.fsdecode(original))
+    if is_media(os.fsencode(name)) and not is_media(original):
+        name = truncate_utf8(name, MAX_COMPONENT_BYTES - 1) + "_"
+    return name
 
 
 def extract_cover(root: str, album_dir: str, doc: dict, scan_id: str, tmp_dir: str) -> str | None:
