@@ -42,8 +42,6 @@ _OCTAL = re.compile(r"\\([0-7]{3})")  # mountinfo escapes space, tab, newline, b
 # Filesystems whose `syncfs` writes back everything: data, inodes, directories, the journal.
 SYNCFS_FLUSHES = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "bcachefs", "jfs", "nilfs2", "overlay",
                   "tmpfs", "ramfs"}
-
-
 SYNCFS_REPORTS_ERRORS = (5, 8)  # older kernels' syncfs returns 0 even when writeback failed
 
 
@@ -115,6 +113,20 @@ def fsync_dir(path: str | bytes) -> None:
         os.close(fd)
 
 
+def write_and_publish(data: bytes, tmp: str, final: str, *, link: bool = False) -> None:
+    """Write `data` to the new temp file `tmp`, fsync it (or defer), then `publish` it as
+    `final`; whatever fails, `tmp` does not stay behind."""
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            fsync_file(f.fileno())
+        publish(tmp, final, link=link)
+    except BaseException:
+        discard([tmp])
+        raise
+
+
 def publish(tmp: str, final: str, *, link: bool = False) -> None:
     """Give the temp file `tmp` (written, then `fsync_file`d) its name `final`: `os.replace`, or
     `os.link` (which never replaces a file: FileExistsError) and removing `tmp`. Deferred: the
@@ -127,7 +139,7 @@ def publish(tmp: str, final: str, *, link: bool = False) -> None:
     fsync_dir(os.path.dirname(final))
 
 
-def _discard(tmps) -> None:
+def discard(tmps) -> None:
     """Temp files that will never be published (the run's temp dir would keep them as debris)."""
     for tmp in tmps:
         try:
@@ -183,19 +195,19 @@ class GroupCommit:
         try:
             syncfs(self.root)  # the temp files' bytes, new directories and names, journal entries
         except OSError:
-            _discard(tmp for _, tmp, _, _ in queued)
+            discard(tmp for _, tmp, _, _ in queued)
             raise
         failed: dict[str, OSError] = {}
         for owner, tmp, final, link in queued:
             if owner in failed:
-                _discard([tmp])  # never published over a publish of its album that failed
+                discard([tmp])  # never published over a publish of its album that failed
                 continue
             faults.point("publish")
             try:
                 _apply(tmp, final, link)
             except OSError as exc:  # FileExistsError too: a cover's name taken meanwhile is not ours
                 failed[owner] = exc
-                _discard([tmp])
+                discard([tmp])
         unflushed = None
         if queued:
             try:

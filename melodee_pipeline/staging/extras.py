@@ -22,7 +22,7 @@ import mediafile
 
 from melodee_pipeline.scan.walk import is_media
 from melodee_pipeline.staging import sidecar as sc
-from melodee_pipeline.staging.durability import fsync_file, publish
+from melodee_pipeline.staging.durability import write_and_publish
 from melodee_pipeline.staging.paths import MAX_COMPONENT_BYTES, sanitize_component, truncate_utf8
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.validation import is_image
@@ -85,18 +85,10 @@ def extract_cover(root: str, album_dir: str, doc: dict, scan_id: str, tmp_dir: s
     if image is None or not ext or not image.data:
         return None
     name = "cover" + ext
-    tmp = os.path.join(tmp_dir, f"cover-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(image.data)
-            f.flush()
-            fsync_file(f.fileno())
-        publish(tmp, os.path.join(album_dir, name), link=True)  # a link never replaces a file
+    try:  # a link never replaces a file
+        write_and_publish(image.data, os.path.join(tmp_dir, f"cover-{uuid.uuid4().hex}"), os.path.join(album_dir, name),
+                          link=True)
     except FileExistsError:
         return None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     doc["album"]["cover_from_tags"] = {"file": name, "checksum": hashlib.sha256(image.data).hexdigest(), "scan_id": scan_id}
     return name

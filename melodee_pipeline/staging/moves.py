@@ -22,7 +22,7 @@ import uuid
 from melodee_pipeline import faults
 from melodee_pipeline.errors import UserError
 from melodee_pipeline.scan.tags import CHUNK
-from melodee_pipeline.staging.durability import fsync_dir, fsync_file, publish
+from melodee_pipeline.staging.durability import discard, fsync_dir, write_and_publish
 
 TEMP_DIR = ".melodee-tmp"  # under the staging root; only this pipeline writes there
 _CROSS_DEVICE = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
@@ -54,17 +54,7 @@ def replace_durably(final: str, data: bytes, tmp_dir: str) -> None:
     The temp file lives in the staging temp dir, which every run clears first, so a crash never
     leaves debris beside `final`."""
     own_dir(tmp_dir)
-    tmp = os.path.join(tmp_dir, f"replace-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            fsync_file(f.fileno())
-        publish(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_and_publish(data, os.path.join(tmp_dir, f"replace-{uuid.uuid4().hex}"), final)
 
 
 def regular_file_sha256(path: str | bytes) -> str | None:
@@ -119,10 +109,7 @@ def copy_verified(src: bytes | str, dst: str, expected_sha256: str, tmp_dir: str
                                               f"{expected_sha256[:12]}); source changed since the scan?")
         os.link(tmp, dst)
     finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        discard([tmp])
 
 
 def unlink_if_same(src: bytes | str, expected_sha256: str) -> bool:
