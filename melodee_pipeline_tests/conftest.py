@@ -265,3 +265,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"FAILED: {len(leftovers)} process(es) the tests started are still running:", red=True)
         for line in leftovers:
             terminalreporter.write_line(f"  {line}", red=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 3 MiB tmpfs: another filesystem than inbound, so staging copies and needs space."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def full_disk_setup(libs, count: int, seconds: float = 5) -> None:
+    """`count` one-track albums of ~0.45 MB WAV each: a few fit in 3 MiB, not all."""
+    for i in range(count):
+        make_track(str(libs["inbound"] / f"Artist {i} - Album {i}" / "01 One.wav"),
+                   Tags(f"Artist {i}", f"Album {i}", "One", None, 1, None, 2000 + i), seed=i, seconds=seconds)
+    age(libs["inbound"])

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from melodee_pipeline.lock import staging_lock
 from melodee_pipeline.samples import Tags, make_track
-from melodee_pipeline_tests.conftest import age, album
+from melodee_pipeline_tests.conftest import age, album, full_disk_setup
 from melodee_pipeline_tests.invariants import file_hashes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,18 +117,6 @@ def test_sensor_never_fails_a_reexecuted_run_that_holds_the_lock(libs, engine, d
 # --- a staging filesystem that fills up -------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 3 MiB tmpfs: another filesystem than inbound, so staging copies and needs space."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def process_scan(inbound: Path, staging: Path, scans: Path, env: dict, pause: str | None = None,
                  on_pause=None) -> subprocess.CompletedProcess:
     base = [sys.executable, "-m", "melodee_pipeline.cli"]
@@ -149,14 +137,6 @@ def process_scan(inbound: Path, staging: Path, scans: Path, env: dict, pause: st
         time.sleep(0.02)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def full_disk_setup(libs, count: int, seconds: float = 5) -> None:
-    """`count` one-track albums of ~0.45 MB WAV each: a few fit in 3 MiB, not all."""
-    for i in range(count):
-        make_track(str(libs["inbound"] / f"Artist {i} - Album {i}" / "01 One.wav"),
-                   Tags(f"Artist {i}", f"Album {i}", "One", None, 1, None, 2000 + i), seed=i, seconds=seconds)
-    age(libs["inbound"])
 
 
 def test_full_staging_filesystem_fails_the_run_naming_the_space_and_leaves_no_phantom(libs, small_fs, env, engine):

@@ -2,7 +2,8 @@
 
 A run first finishes what an interrupted run left (`recover_interrupted`, from the journal), then
 stages the albums through the protocol in `protocol.py`, a batch at a time with a group commit
-per step (`stager.py`), on `workers` threads, and records each album's outcome in the scan DB.
+per step (`stager.py`), on `workers` processes (threads for a small or rate-limited run), and
+records each album's outcome in the scan DB.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.libraries import check_disjoint
-from melodee_pipeline.parallel import batched, thread_pool
+from melodee_pipeline.parallel import batched, process_pool, thread_pool
 from melodee_pipeline.progress import Progress
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
@@ -31,6 +32,9 @@ from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
 log = logging.getLogger(__name__)
 
 COMMIT_EVERY = 1000  # files between scan DB commits
+# Fewer albums than this stage on threads of the run's own process: worker processes pay for
+# their start (a fork ~10 ms, a spawn ~0.5 s) only once there are a few batches to share.
+PROCESS_MIN_ALBUMS = 4 * BATCH_ALBUMS
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,11 @@ def _save_outcome(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) ->
         )
 
 
+def _album_count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COUNT(DISTINCT album_group_id) FROM scanned_files WHERE is_valid = 1 "
+                        "AND album_group_id != ''").fetchone()[0]
+
+
 def _remove_empty_dirs(directories: set[bytes], inbound: bytes) -> None:
     """Inbound folders emptied by the moves go too (rmdir only ever removes an empty one)."""
     for d in sorted(directories, key=len, reverse=True):
@@ -144,7 +153,13 @@ def stage_albums(
         else:
             recovered = prepare_staging(staging_root, logger)
         claims, extras = DirectoryClaims(staging_root), FolderExtras(conn)
-        pool = thread_pool(workers) if workers > 1 else None
+        processes = pool = None
+        if workers > 1 and not (dry_run or rate_limit) and (count := _album_count(conn)) >= PROCESS_MIN_ALBUMS:
+            # A dry run only plans; a rate limit is one budget, which threads share and processes would not.
+            processes = process_pool(workers, ["melodee_pipeline.staging.stager"])
+            logger.info(f"staging {count} albums in {workers} worker processes")
+        elif workers > 1:
+            pool = thread_pool(workers)
         stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered, pool)
 
         def planned():
@@ -157,7 +172,7 @@ def stage_albums(
         failures: dict[str, int] = {}
         emptied: set[bytes] = set()
         progress = Progress()
-        outcomes = (out for albums in batched(planned(), BATCH_ALBUMS) for out in stager.stage(albums))
+        outcomes = stager.stage_batches(batched(planned(), BATCH_ALBUMS), processes)
         try:
             for out in outcomes:
                 _save_outcome(conn, out, dry_run)
@@ -182,8 +197,9 @@ def stage_albums(
                     logger.info(f"{'planned' if dry_run else 'staged'} {totals['albums']} albums, {files_done} files "
                                 f"({totals['moved']} moved) in {time.monotonic() - started:.1f}s")
         finally:
-            if pool is not None:
-                pool.shutdown()
+            for executor in (pool, processes):
+                if executor is not None:
+                    executor.shutdown(cancel_futures=True)
             conn.commit()
         if not dry_run:
             remove_temp_dir(staging_root)

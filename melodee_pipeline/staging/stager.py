@@ -10,12 +10,15 @@ filesystem stops every album whose files are not placed yet.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
+from collections import deque
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from melodee_pipeline.errors import StagingFull
 from melodee_pipeline.staging import journal
@@ -48,6 +51,43 @@ class AlbumStager:
         self.full: StagingFull | None = None
         self._stop = threading.Event()
         self.group_commit = not dry_run and GroupCommit.available(root)
+
+    def stage_batches(self, batches: Iterable[list[Album]], processes: Executor | None = None) -> Iterator[AlbumOutcome]:
+        """Every batch's outcomes. With `processes`, each batch goes to a worker process whole (its
+        group commit included), a few batches ahead, so the run's Python work uses every core; the
+        albums were given their directories here first (`DirectoryClaims`), so no two workers
+        ever share one. A full staging filesystem seen by one worker starts no further batch."""
+        if processes is None:
+            for albums in batches:
+                yield from self.stage(albums)
+            return
+        spec = _Spec(self.root, self.scan_id, self.tmp, frozenset(self.recovered))
+        window = 2 * getattr(processes, "_max_workers", 2)
+        pending: deque = deque()
+
+        def collect() -> list[AlbumOutcome]:
+            albums, future = pending.popleft()
+            try:
+                outcomes, full = future.result()
+            except BrokenProcessPool as exc:
+                raise RuntimeError("a staging worker process died (killed, or out of memory?); the albums it had "
+                                   "begun stay in the journal and the next run finishes them") from exc
+            if full is not None and self.full is None:
+                self.full = full
+                self._stop.set()
+            for album, out in zip(albums, outcomes):
+                out.album = album  # sent back without it: the parent has it
+            return outcomes
+
+        for albums in batches:
+            if self._stop.is_set():
+                yield from self.stage(albums)  # not started, each with the reason
+                continue
+            pending.append((albums, processes.submit(stage_in_worker, spec, [_portable(a) for a in albums])))
+            while len(pending) >= window:
+                yield from collect()
+        while pending:
+            yield from collect()
 
     def stage(self, albums: list[Album]) -> list[AlbumOutcome]:
         commit = GroupCommit(self.root) if self.group_commit else None
@@ -147,3 +187,32 @@ class AlbumStager:
         release_sources(self.root, w.out)
         finish_album(self.root, w.out, self.scan_id, w.info, self.tmp, w.prior)
         classify(w.out)
+
+
+# a worker process's side of `stage_batches`
+
+@dataclass(frozen=True)
+class _Spec:
+    root: str
+    scan_id: str
+    tmp: str
+    recovered: frozenset[str]
+
+
+_worker: tuple[_Spec, AlbumStager] | None = None  # one stager per worker process, kept across batches
+
+
+def stage_in_worker(spec: _Spec, albums: list[Album]) -> tuple[list[AlbumOutcome], StagingFull | None]:
+    global _worker
+    if _worker is None or _worker[0] != spec:
+        _worker = (spec, AlbumStager(spec.root, spec.scan_id, False, RateLimiter(0), spec.tmp, set(spec.recovered)))
+    stager = _worker[1]
+    outcomes = stager.stage(albums)
+    for out in outcomes:
+        out.album = None  # the parent holds it
+    return outcomes, stager.full
+
+
+def _portable(album: Album) -> Album:
+    """A copy a worker process can receive: scan DB rows as dicts (sqlite3.Row does not pickle)."""
+    return dataclasses.replace(album, files=[dict(r) for r in album.files], extras=[dict(r) for r in album.extras])
