@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from melodee_pipeline import faults
-from melodee_pipeline.errors import StagingFull
+from melodee_pipeline.errors import RunFailed, StagingFull
 from melodee_pipeline.grouping import group_albums
 from melodee_pipeline.records import record_staging_items
 from melodee_pipeline.samples import Tags, make_track, tag
@@ -89,7 +89,7 @@ def test_a_worker_killed_mid_batch_fails_the_run_and_the_next_run_finishes_every
     with monkeypatch.context() as mp:  # workers inherit this at fork; this process never publishes
         mp.setattr(faults, "_CRASH_NAME", "publish")
         mp.setattr(faults, "_CRASH_NTH", "2")
-        with pytest.raises(RuntimeError, match="a staging worker process died"):
+        with pytest.raises(RunFailed, match="a staging worker process died"):
             stage_once(dirs)
     assert file_hashes(dirs["inbound"], dirs["staging"]) == before  # nothing lost, nothing doubled
     result = stage_once(dirs)
@@ -120,3 +120,18 @@ def test_a_full_staging_filesystem_in_one_worker_starts_no_further_batch(libs, s
     with sqlite3.connect(scan.scan_db) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM albums GROUP BY status").fetchall())
     assert statuses.get("not_started", 0) > 0 and sum(statuses.values()) == 10, statuses
+
+
+def test_a_folder_holding_two_albums_goes_only_when_both_left(dirs, monkeypatch):
+    """Emptied inbound folders are removed as outcomes arrive (while workers stage further
+    batches): a folder whose albums land in two batches stays until the second has left it."""
+    monkeypatch.setattr(stage, "PROCESS_MIN_ALBUMS", 1)
+    monkeypatch.setattr(stage, "BATCH_ALBUMS", 1)
+    for i in range(4):
+        album(dirs["inbound"], f"Artist {i}", "Album", 2000, [f"One by {i}", f"Two by {i}"], folder="mixed/shared",
+              seed=10 * i)
+    album(dirs["inbound"], "Loner", "Album", 2000, ["One"], folder="mixed/own")
+    age(dirs["inbound"])
+    before = file_hashes(dirs["inbound"])
+    assert stage_once(dirs).albums_success == 5
+    assert list(dirs["inbound"].iterdir()) == [] and file_hashes(dirs["staging"]) == before

@@ -170,9 +170,9 @@ def stage_albums(
 
         totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
         failures: dict[str, int] = {}
-        emptied: set[bytes] = set()
+        inbound_root = os.fsencode(os.path.normpath(inbound)) if inbound and not dry_run else None
         progress = Progress()
-        outcomes = stager.stage_batches(batched(planned(), BATCH_ALBUMS), processes)
+        outcomes = stager.stage_batches(batched(planned(), BATCH_ALBUMS), processes, ahead=2 * workers)
         try:
             for out in outcomes:
                 _save_outcome(conn, out, dry_run)
@@ -186,7 +186,8 @@ def stage_albums(
                 totals["pending"] += out.pending_row
                 totals["warned"] += bool(out.warnings or out.checks)
                 totals["extras"] += sum(1 for x in out.extras if x.placed and x.action != ALREADY)
-                emptied.update(os.path.dirname(a.source) for a in out.actions + out.extras if a.placed)
+                if inbound_root is not None:  # now, while the workers stage the next batches
+                    _remove_empty_dirs({os.path.dirname(a.source) for a in out.actions + out.extras if a.placed}, inbound_root)
                 if bad:
                     reason = out.status if out.status != "failed" else (out.error or "failed").split(":")[0]
                     failures[reason] = failures.get(reason, 0) + 1
@@ -203,8 +204,6 @@ def stage_albums(
             conn.commit()
         if not dry_run:
             remove_temp_dir(staging_root)
-            if inbound:
-                _remove_empty_dirs(emptied, os.fsencode(os.path.normpath(inbound)))
         seconds = time.monotonic() - started
         result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
                              totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds,

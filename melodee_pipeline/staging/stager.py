@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from melodee_pipeline.errors import StagingFull
+from melodee_pipeline.errors import RunFailed, StagingFull
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.albumdir import remove_empty_dirs
 from melodee_pipeline.staging.durability import GroupCommit
@@ -52,26 +52,27 @@ class AlbumStager:
         self._stop = threading.Event()
         self.group_commit = not dry_run and GroupCommit.available(root)
 
-    def stage_batches(self, batches: Iterable[list[Album]], processes: Executor | None = None) -> Iterator[AlbumOutcome]:
+    def stage_batches(self, batches: Iterable[list[Album]], processes: Executor | None = None,
+                      ahead: int = 4) -> Iterator[AlbumOutcome]:
         """Every batch's outcomes. With `processes`, each batch goes to a worker process whole (its
         group commit included), a few batches ahead, so the run's Python work uses every core; the
         albums were given their directories here first (`DirectoryClaims`), so no two workers
-        ever share one. A full staging filesystem seen by one worker starts no further batch."""
+        ever share one. A full staging filesystem seen by one worker starts no further batch.
+        `ahead`: batches in flight (about two a worker, so none waits for the next)."""
         if processes is None:
             for albums in batches:
                 yield from self.stage(albums)
             return
         spec = _Spec(self.root, self.scan_id, self.tmp, frozenset(self.recovered))
-        window = 2 * getattr(processes, "_max_workers", 2)
         pending: deque = deque()
 
         def collect() -> list[AlbumOutcome]:
             albums, future = pending.popleft()
             try:
                 outcomes, full = future.result()
-            except BrokenProcessPool as exc:
-                raise RuntimeError("a staging worker process died (killed, or out of memory?); the albums it had "
-                                   "begun stay in the journal and the next run finishes them") from exc
+            except BrokenProcessPool:
+                raise RunFailed("a staging worker process died (killed, or out of memory?); the albums it had "
+                                "begun stay in the journal and the next run finishes them") from None
             if full is not None and self.full is None:
                 self.full = full
                 self._stop.set()
@@ -84,7 +85,7 @@ class AlbumStager:
                 yield from self.stage(albums)  # not started, each with the reason
                 continue
             pending.append((albums, processes.submit(stage_in_worker, spec, [_portable(a) for a in albums])))
-            while len(pending) >= window:
+            while len(pending) >= ahead:
                 yield from collect()
         while pending:
             yield from collect()
