@@ -239,3 +239,34 @@ def test_reconcile_schedule_is_weekly_and_off_until_turned_on():
     schedule = next(s for s in defs.schedules if s.name == "reconcile_staging_schedule")
     assert schedule.job_name == "reconcile_staging_job" and schedule.cron_schedule == "0 4 * * 0"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+def test_a_batch_of_rows_is_one_statement_and_a_refused_batch_goes_row_by_row(melodee_db):
+    """Rows are upserted as one multi-row statement a batch (not one round trip a row); a batch
+    Postgres refuses whole (here: one staging path twice) is retried one row at a time."""
+    from melodee_pipeline.records import RecordResult, upsert_rows
+    from datetime import datetime
+
+    def row(i: int, checksum: str) -> dict:
+        return dict(staging_path=f"/staging/A/Artist/{i}", scan_id="s1", metadata_file=f"/staging/A/Artist/{i}/x.json",
+                    artist_name="Artist", album_name=f"Album {i}", track_count=2, total_size=10,
+                    processed_at=datetime(2026, 1, 1), status="pending_review", notes="", checksum=checksum)
+
+    statements = []  # (verb, round trips): psycopg2's executemany sends each parameter set alone
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        statements.append((statement.split()[0], len(parameters) if isinstance(parameters, list) else 1))
+
+    sa.event.listen(melodee_db, "before_cursor_execute", seen)
+    result = RecordResult()
+    assert upsert_rows(melodee_db, [row(i, f"c{i}") for i in range(300)], result) == set()
+    assert result.inserted == 300 and statements == [("SELECT", 1), ("INSERT", 1)], statements
+    statements.clear()
+    twice = [row(1, "new"), row(1, "newer"), row(400, "c400")]
+    assert upsert_rows(melodee_db, twice, result) == set()
+    assert statements.count(("INSERT", 1)) == 1 + 3, statements  # the refused batch, then each row alone
+    with melodee_db.connect() as conn:
+        got = dict(conn.execute(sa.text("SELECT staging_path, checksum FROM staging_items WHERE staging_path IN "
+                                        "('/staging/A/Artist/1', '/staging/A/Artist/400')")).all())
+    assert got == {"/staging/A/Artist/1": "newer", "/staging/A/Artist/400": "c400"}
+    assert (result.inserted, result.updated) == (301, 2)
