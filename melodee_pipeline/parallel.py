@@ -18,7 +18,13 @@ R = TypeVar("R")
 
 
 def _die_with_parent(parent_pid: int, preload: list[str]) -> None:
-    """Worker initializer: a worker must not outlive a crashed (SIGKILLed) parent, holding its pipes."""
+    """Worker initializer: a worker must not outlive a crashed (SIGKILLed) parent, holding its pipes.
+
+    SIGTERM and SIGINT end a worker. A forked one inherits its parent's handlers (a Dagster op's
+    raise instead); the pool terminates its other workers with SIGTERM when one dies, and a worker
+    that lived on would block writing a result nobody reads, with the run waiting on it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
 

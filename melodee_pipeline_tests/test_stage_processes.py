@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +23,8 @@ from melodee_pipeline.grouping import group_albums
 from melodee_pipeline.records import record_staging_items
 from melodee_pipeline.samples import Tags, make_track, tag
 from melodee_pipeline.scan.scanner import scan_inbound
-from melodee_pipeline.staging import stage
+from melodee_pipeline.parallel import process_pool
+from melodee_pipeline.staging import stage, stager
 from melodee_pipeline.staging.stage import stage_albums
 from melodee_pipeline_tests.conftest import age, album, full_disk_setup
 from melodee_pipeline_tests.invariants import converged, file_hashes
@@ -115,8 +120,6 @@ def test_a_full_staging_filesystem_in_one_worker_starts_no_further_batch(libs, s
     assert file_hashes(libs["inbound"], small_fs) == before
     staged = [d for d, _, names in os.walk(small_fs) if "album.melodee.json" in names]
     assert 0 < len(staged) < 10
-    import sqlite3
-
     with sqlite3.connect(scan.scan_db) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM albums GROUP BY status").fetchall())
     assert statuses.get("not_started", 0) > 0 and sum(statuses.values()) == 10, statuses
@@ -135,3 +138,59 @@ def test_a_folder_holding_two_albums_goes_only_when_both_left(dirs, monkeypatch)
     before = file_hashes(dirs["inbound"])
     assert stage_once(dirs).albums_success == 5
     assert list(dirs["inbound"].iterdir()) == [] and file_hashes(dirs["staging"]) == before
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum, frame):
+    raise _Interrupted()  # what a Dagster op's handler does with SIGTERM: raise, not exit
+
+
+def test_a_worker_sent_sigterm_dies_whatever_handler_its_parent_had():
+    """The pool stops its other workers with SIGTERM when one dies. A forked worker inherits the
+    parent's handlers; one that raised instead would take its next task and block writing a
+    result nobody reads, the run waiting on it with the staging lock held."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        pool = process_pool(2, [])
+        pid = pool.submit(os.getpid).result()
+        busy = [pool.submit(time.sleep, 3) for _ in range(2)]
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGTERM)
+        with pytest.raises(BrokenProcessPool):  # it died; a task of it did not merely fail
+            for future in busy:
+                future.result(timeout=30)
+        pool.shutdown()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dies_on_artist_3(spec, albums):
+    """stage_in_worker, except that the worker with Artist 3's batch dies, a moment after the
+    other worker has staged the batches after it."""
+    if any(a.artist == "Artist 3" for a in albums):
+        time.sleep(1.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real_stage_in_worker(spec, albums)
+
+
+_real_stage_in_worker = stager.stage_in_worker
+
+
+def test_batches_other_workers_finished_are_recorded_when_one_worker_dies(dirs, monkeypatch):
+    monkeypatch.setattr(stage, "PROCESS_MIN_ALBUMS", 1)
+    monkeypatch.setattr(stage, "BATCH_ALBUMS", 1)
+    monkeypatch.setattr(stager, "stage_in_worker", _dies_on_artist_3)
+    for i in range(6):
+        album(dirs["inbound"], f"Artist {i}", "Album", 2000, ["One"], seed=10 * i)
+    age(dirs["inbound"])
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    with pytest.raises(RunFailed, match="a staging worker process died"):
+        stage_albums(scan.scan_db, str(dirs["staging"]), workers=2)
+    staged = {os.path.relpath(d, dirs["staging"]) for d, _, names in os.walk(dirs["staging"]) if "album.melodee.json" in names}
+    with sqlite3.connect(scan.scan_db) as conn:
+        recorded = {d for (d,) in conn.execute("SELECT staging_dir FROM albums WHERE status = 'staged'")}
+    assert len(staged) == 5 and recorded == staged  # all but Artist 3's, each in the scan DB (undo --scan finds it)

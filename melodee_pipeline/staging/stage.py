@@ -153,14 +153,7 @@ def stage_albums(
         else:
             recovered = prepare_staging(staging_root, logger)
         claims, extras = DirectoryClaims(staging_root), FolderExtras(conn)
-        processes = pool = None
-        if workers > 1 and not (dry_run or rate_limit) and (count := _album_count(conn)) >= PROCESS_MIN_ALBUMS:
-            # A dry run only plans; a rate limit is one budget, which threads share and processes would not.
-            processes = process_pool(workers, ["melodee_pipeline.staging.stager"])
-            logger.info(f"staging {count} albums in {workers} worker processes")
-        elif workers > 1:
-            pool = thread_pool(workers)
-        stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered, pool)
+        stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered)
 
         def planned():
             for album in iter_albums(conn.cursor()):
@@ -172,6 +165,13 @@ def stage_albums(
         failures: dict[str, int] = {}
         inbound_root = os.fsencode(os.path.normpath(inbound)) if inbound and not dry_run else None
         progress = Progress()
+        # A dry run only plans; a rate limit is one budget, which threads share and processes would not.
+        count = _album_count(conn) if workers > 1 and not (dry_run or rate_limit) else 0
+        in_processes = count >= PROCESS_MIN_ALBUMS
+        if in_processes:
+            logger.info(f"staging {count} albums in {workers} worker processes")
+        processes = process_pool(workers, ["melodee_pipeline.staging.stager"]) if in_processes else None
+        pool = stager.pool = thread_pool(workers) if workers > 1 and not in_processes else None
         outcomes = stager.stage_batches(batched(planned(), BATCH_ALBUMS), processes, ahead=2 * workers)
         try:
             for out in outcomes:

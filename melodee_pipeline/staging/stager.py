@@ -57,7 +57,8 @@ class AlbumStager:
         """Every batch's outcomes. With `processes`, each batch goes to a worker process whole (its
         group commit included), a few batches ahead, so the run's Python work uses every core; the
         albums were given their directories here first (`DirectoryClaims`), so no two workers
-        ever share one. A full staging filesystem seen by one worker starts no further batch.
+        ever share one. Once a worker finds staging full, no further batch is handed out (those
+        handed out already run, and fail for themselves).
         `ahead`: batches in flight (about two a worker, so none waits for the next)."""
         if processes is None:
             for albums in batches:
@@ -66,29 +67,34 @@ class AlbumStager:
         spec = _Spec(self.root, self.scan_id, self.tmp, frozenset(self.recovered))
         pending: deque = deque()
 
-        def collect() -> list[AlbumOutcome]:
-            albums, future = pending.popleft()
-            try:
-                outcomes, full = future.result()
-            except BrokenProcessPool:
-                raise RunFailed("a staging worker process died (killed, or out of memory?); the albums it had "
-                                "begun stay in the journal and the next run finishes them") from None
+        def outcomes(albums: list[Album], result: tuple) -> list[AlbumOutcome]:
+            batch, full = result
             if full is not None and self.full is None:
                 self.full = full
                 self._stop.set()
-            for album, out in zip(albums, outcomes):
+            for album, out in zip(albums, batch):
                 out.album = album  # sent back without it: the parent has it
-            return outcomes
+            return batch
 
-        for albums in batches:
-            if self._stop.is_set():
-                yield from self.stage(albums)  # not started, each with the reason
-                continue
-            pending.append((albums, processes.submit(stage_in_worker, spec, [_portable(a) for a in albums])))
-            while len(pending) >= ahead:
-                yield from collect()
-        while pending:
-            yield from collect()
+        try:
+            for albums in batches:
+                if self._stop.is_set():
+                    yield from self.stage(albums)  # not started, each with the reason
+                    continue
+                pending.append((albums, processes.submit(stage_in_worker, spec, [_portable(a) for a in albums])))
+                while len(pending) >= ahead or (pending and pending[0][1].done()):
+                    albums, future = pending.popleft()
+                    yield from outcomes(albums, future.result())
+            while pending:
+                albums, future = pending.popleft()
+                yield from outcomes(albums, future.result())
+        except BrokenProcessPool:
+            # Batches another worker finished are staged: their outcomes go to the scan DB too.
+            for albums, future in pending:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    yield from outcomes(albums, future.result())
+            raise RunFailed("a staging worker process died (killed, or out of memory?); the albums it had "
+                            "begun stay in the journal and the next run finishes them") from None
 
     def stage(self, albums: list[Album]) -> list[AlbumOutcome]:
         commit = GroupCommit(self.root) if self.group_commit else None
