@@ -285,3 +285,14 @@ def full_disk_setup(libs, count: int, seconds: float = 5) -> None:
         make_track(str(libs["inbound"] / f"Artist {i} - Album {i}" / "01 One.wav"),
                    Tags(f"Artist {i}", f"Album {i}", "One", None, 1, None, 2000 + i), seed=i, seconds=seconds)
     age(libs["inbound"])
+
+
+@pytest.fixture(params=["threads", "processes"])
+def staging_mode(request, monkeypatch):
+    """A test twice: albums staged on threads of the run's process (a small run), and in worker
+    processes (a big one; forced here from the first album)."""
+    if request.param == "processes":
+        from melodee_pipeline.staging import stage
+
+        monkeypatch.setattr(stage, "PROCESS_MIN_ALBUMS", 1)
+    return request.param

@@ -20,6 +20,8 @@ from melodee_pipeline.samples import Tags, make_track
 from melodee_pipeline_tests.conftest import album
 from melodee_pipeline_tests.invariants import file_hashes
 
+pytestmark = pytest.mark.usefixtures("staging_mode")  # every test on threads and in worker processes
+
 SIDECAR = "album.melodee.json"
 
 

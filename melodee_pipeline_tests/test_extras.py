@@ -22,6 +22,8 @@ from melodee_pipeline.staging.stage import stage_albums
 from melodee_pipeline_tests.conftest import album, snapshot, tree
 from melodee_pipeline_tests.invariants import lost
 
+pytestmark = pytest.mark.usefixtures("staging_mode")  # every test on threads and in worker processes
+
 LOG = "Exact Audio Copy V1.6 from 23. October 2020\r\n\r\nEAC extraction logfile from 1. May 2021\r\n".encode("utf-16")
 CUE = b'PERFORMER "Band"\nTITLE "Record"\nFILE "Record.flac" WAVE\n  TRACK 01 AUDIO\n    INDEX 01 00:00:00\n'
 

@@ -16,19 +16,12 @@ from melodee_pipeline.grouping import group_albums
 from melodee_pipeline.records import record_staging_items
 from melodee_pipeline.samples import Tags, make_track
 from melodee_pipeline.scan.scanner import scan_inbound
-from melodee_pipeline.staging import stage
 from melodee_pipeline.staging.paths import directory_code, sanitize_component, track_file_name
 from melodee_pipeline.staging.stage import stage_albums
 from melodee_pipeline_tests.conftest import album, snapshot, tree
 
 
-@pytest.fixture(autouse=True, params=["threads", "processes"])
-def staging_mode(request, monkeypatch):
-    """Every test here twice: albums staged on threads of this process (a small run), and in
-    worker processes (a big one; forced here from the first album)."""
-    if request.param == "processes":
-        monkeypatch.setattr(stage, "PROCESS_MIN_ALBUMS", 1)
-    return request.param
+pytestmark = pytest.mark.usefixtures("staging_mode")  # every test on threads and in worker processes
 
 
 def cycle(inbound: Path, staging: Path, scans: Path, engine=None, dry_run=False, workers=2, rate_limit=0):
