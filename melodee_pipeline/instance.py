@@ -10,8 +10,10 @@ under `MELODEE_HOME`, started on demand.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 from dagster import Field, StringSource
 from dagster_postgres import DagsterPostgresStorage
@@ -46,6 +48,28 @@ class MelodeeDagsterStorage(DagsterPostgresStorage):
         url = config_value.get("postgres_url") or dagster_database_url()
         return cls(postgres_url=url, should_autocreate_tables=config_value.get("should_autocreate_tables", True),
                    inst_data=inst_data)
+
+
+@contextlib.contextmanager
+def held_connections(instance) -> Iterator[None]:
+    """Dagster's Postgres storages open a connection per read or write (NullPool: ~100 in a run
+    that stages albums, ~2.5 ms each). For a run in this short-lived process they share a small
+    pool instead, closed when the run is over. Storage other than dagster-postgres's (pinned: it
+    keeps its engine in `_engine`) is left as it is."""
+    import sqlalchemy as sa
+
+    swapped = []
+    for storage in {id(s): s for s in (instance.run_storage, instance.event_log_storage, instance.schedule_storage)}.values():
+        if getattr(storage, "_engine", None) is not None and isinstance(getattr(storage, "postgres_url", None), str):
+            pooled = sa.create_engine(storage.postgres_url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
+            swapped.append((storage, storage._engine, pooled))
+            storage._engine = pooled
+    try:
+        yield
+    finally:
+        for storage, original, pooled in swapped:
+            storage._engine = original
+            pooled.dispose()
 
 
 def dagster_home() -> Path:

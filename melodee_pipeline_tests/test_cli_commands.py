@@ -376,3 +376,23 @@ def test_every_option_is_explained_with_its_default(capsys):
         for key, spec in SPECS.items():
             line = next(line for line in text.splitlines() if line.strip().startswith(key + " "))
             assert repr(spec.default) in line and spec.comment in line
+
+
+def test_a_run_holds_a_few_dagster_connections_and_closes_them_after(env, libs, engine, monkeypatch, capsys):
+    """Dagster's Postgres storage would open a connection per event read or written (~80 a run
+    that stages an album); `run` pools them for the run (instance.held_connections) and leaves
+    none open once it returns."""
+    import psycopg2
+
+    assert main(["run"]) == 0  # the install's first run: it also creates Dagster's tables
+    album(libs["inbound"], "Artist", "Album", 2000, ["One", "Two"])
+    capsys.readouterr()
+    connects = []
+    real = psycopg2.connect
+    monkeypatch.setattr(psycopg2, "connect", lambda *a, **k: connects.append(1) or real(*a, **k))
+    assert main(["run"]) == 0
+    assert json.loads(capsys.readouterr().out)["files_moved"] == 2
+    assert 0 < len(connects) <= 15, len(connects)
+    with engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = 'dagster'")).scalar()
+    assert left == 0

@@ -61,7 +61,7 @@ def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit:
     """One cycle through staging_scan_job in this process, recorded on the Postgres-backed instance."""
     import dagster as dg
 
-    from melodee_pipeline.instance import prepare_dagster_home
+    from melodee_pipeline.instance import held_connections, prepare_dagster_home
     from melodee_pipeline.orchestration import launch
     from melodee_pipeline.orchestration.job import staging_scan_job
     from melodee_pipeline.definitions import defs
@@ -71,7 +71,7 @@ def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit:
                                         scan_db_data_path=scan_db_data_path).items() if v is not None}
     job = defs.get_job_def(staging_scan_job.name).with_logger_defs({"console": console_logger()})
     run_config = {"ops": {"scan_inbound": {"config": overrides}}, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    with environ(DAGSTER_HOME=str(home)), dg.DagsterInstance.get() as instance:
+    with environ(DAGSTER_HOME=str(home)), dg.DagsterInstance.get() as instance, held_connections(instance):
         result = launch.execute(instance, job, run_config)  # the UI can re-execute it
         summary = result.output_for_node("record_staging_items") if result.success and _produced(result) else None
     return result.success, summary, result.run_id if result.success else failure_message(result)
