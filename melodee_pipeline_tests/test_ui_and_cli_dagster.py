@@ -39,7 +39,7 @@ def readme_run_yaml() -> str:
 def test_dagster_job_execute_accepts_the_readme_yaml(dagster_env, libs, engine, tmp_path):
     album(libs["inbound"], "Band", "Record", 2001, ["Song"], ".flac")
     age(libs["inbound"])
-    config = readme_run_yaml().replace("/var/melodee/scan-db", str(libs["scandbs"]))
+    config = readme_run_yaml()  # as printed: the scan DB goes where the setting says
     assert "dry_run: true" in config
     (tmp_path / "run.yaml").write_text(config)
     proc = subprocess.run(
@@ -50,6 +50,7 @@ def test_dagster_job_execute_accepts_the_readme_yaml(dagster_env, libs, engine, 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     assert (libs["inbound"] / "Band - Record" / "01 Song.flac").exists()  # the YAML says dry run
+    assert list(libs["scandbs"].glob("scan_*.db"))  # the setting's directory
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")).scalar() == 1
 
