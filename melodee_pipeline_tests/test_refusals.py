@@ -180,3 +180,27 @@ def test_a_scan_with_nothing_to_read_starts_no_worker(tmp_path, monkeypatch):
     assert scan().unchanged == 2 and len(started) == 1
     (inbound / "junk.ogg").write_text("changed, still not audio")
     assert scan().unchanged == 1 and len(started) == 2
+
+
+def test_a_bug_in_our_own_code_is_not_a_corrupt_file_and_is_not_remembered(tmp_path, monkeypatch, memory, caplog):
+    """An exception our own code raises while reading tags is refused as an internal error (not
+    "corrupt or not audio"), and the file is read again by the next scan: once the bug is fixed,
+    the file goes through. Data the parser chokes on stays "corrupt" and remembered."""
+    from melodee_pipeline.scan import tags
+
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+
+    def buggy(value, name, warnings):
+        raise TypeError("a bug of ours")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(tags, "clean_text", buggy)
+        first = scan()
+    reasons = {name: reason for name, (reason, _) in refused(first.scan_db).items()}
+    assert reasons["good.mp3"].startswith(tags.INTERNAL_ERROR) and "TypeError: a bug of ours" in reasons["good.mp3"]
+    assert reasons["junk.ogg"].startswith("corrupt or not audio")
+    assert f"{tags.INTERNAL_ERROR} (2)" in caplog.text  # its own reason in the run's log, counted
+    second, opened = opened_during(inbound, scan)  # the bug fixed
+    assert opened == ["good.mp3", "no_title.flac"]  # read again; junk.ogg stays remembered
+    assert second.valid == 1 and "good.mp3" not in refused(second.scan_db)

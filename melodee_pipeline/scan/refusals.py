@@ -4,13 +4,16 @@ Every file that stays in inbound used to be read, hashed and refused again on ev
 leftovers: 63 s instead of 0.27 s). `refusals.db` sits beside the scan DBs, under a name their
 pruning never matches, and holds exactly the refusals of the last completed scan: a file that is
 gone or valid drops out, a file whose size, mtime, inode or ctime changed is read again at once
-(ctime catches a chmod that makes an unreadable file readable).
+(ctime catches a chmod that makes an unreadable file readable). A file our own code failed on
+(`tags.INTERNAL_ERROR`, a bug) is never remembered: once the bug is fixed, the next scan reads it.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+
+from melodee_pipeline.scan.tags import INTERNAL_ERROR
 
 FILE = "refusals.db"
 SCHEMA = """
@@ -66,7 +69,8 @@ class Refusals:
                 self.conn.execute(
                     "INSERT INTO main.refusals SELECT path_bytes, file_size, mtime_ns, inode, ctime_ns, "
                     "validation_error, file_hash, refused_since FROM scan.scanned_files "
-                    "WHERE is_valid = 0 AND mtime_ns IS NOT NULL"
+                    "WHERE is_valid = 0 AND mtime_ns IS NOT NULL AND substr(validation_error, 1, ?) != ?",
+                    (len(INTERNAL_ERROR), INTERNAL_ERROR),
                 )
         finally:
             self.conn.execute("DETACH DATABASE scan")

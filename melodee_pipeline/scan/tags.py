@@ -26,6 +26,8 @@ ROW_COLUMNS = (
 TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre", "validation_error", "warnings")
 # Text is '' when absent (never NULL, as Go writes it); numbers are NULL when unknown.
 EMPTY_ROW = {**dict.fromkeys(ROW_COLUMNS), **dict.fromkeys(TEXT_COLUMNS, ""), "is_valid": 0}
+# The reason of a file our own code failed on: it is refused this scan, and read again by the next.
+INTERNAL_ERROR = "internal error reading tags (a bug, please report it)"
 
 
 def sha256_file(path: bytes | str) -> str:
@@ -154,7 +156,8 @@ def read_media_file(path: bytes, st: os.stat_result | None = None) -> dict:
         row["validation_error"] = f"unreadable: {exc.strerror or exc}"
         return row
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
-        row["validation_error"] = _CONTROL.sub("", f"corrupt or not audio: {type(exc).__name__}: {exc}")[:500]
+        verdict = "corrupt or not audio" if _from_parser(exc) else INTERNAL_ERROR
+        row["validation_error"] = _CONTROL.sub("", f"{verdict}: {type(exc).__name__}: {exc}")[:500]
         return row
     problems = []
     if not length > 0:  # NaN included
@@ -168,6 +171,18 @@ def read_media_file(path: bytes, st: os.stat_result | None = None) -> dict:
     row["is_valid"] = 0 if problems else 1
     row["validation_error"] = "; ".join(problems)
     return row
+
+
+def _from_parser(exc: BaseException) -> bool:
+    """Whether the exception came out of the tag parser (bad data), not out of our own code (a
+    bug, which must not pass for a corrupt file, nor be remembered as one)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.split(".", 1)[0] in ("mutagen", "mediafile"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def read_media_files(files: list[tuple[bytes, os.stat_result]]) -> list[tuple]:
