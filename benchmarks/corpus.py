@@ -71,6 +71,8 @@ def build(root: str, files: int, tracks: int = 10, file_size: int = 0, seed: int
     with multiprocessing.get_context("fork").Pool(processes) as pool:
         for _ in pool.imap_unordered(_make, jobs, chunksize=64):
             pass
+        pool.close()  # let the workers exit: leaving the block terminates them, mid-read of their queue
+        pool.join()
     shutil.rmtree(templates)
     # Finished copying long ago, as far as min_file_age_seconds is concerned.
     past = time.time() - 3600

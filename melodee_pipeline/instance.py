@@ -53,15 +53,18 @@ class MelodeeDagsterStorage(DagsterPostgresStorage):
 @contextlib.contextmanager
 def held_connections(instance) -> Iterator[None]:
     """Dagster's Postgres storages open a connection per read or write (NullPool: ~100 in a run
-    that stages albums, ~2.5 ms each). For a run in this short-lived process they share a small
-    pool instead, closed when the run is over. Storage other than dagster-postgres's (pinned: it
-    keeps its engine in `_engine`) is left as it is."""
+    that stages albums, ~2.5 ms each). For a run in this short-lived process two stay open instead,
+    closed when the run is over; more at once are opened and closed as before, so a connection
+    Dagster holds longer never makes another wait, and one Postgres dropped meanwhile is replaced
+    when next taken (pre-ping). Storage other than dagster-postgres's (pinned: it keeps its engine
+    in `_engine`) is left as it is."""
     import sqlalchemy as sa
 
     swapped = []
     for storage in {id(s): s for s in (instance.run_storage, instance.event_log_storage, instance.schedule_storage)}.values():
         if getattr(storage, "_engine", None) is not None and isinstance(getattr(storage, "postgres_url", None), str):
-            pooled = sa.create_engine(storage.postgres_url, isolation_level="AUTOCOMMIT", pool_size=2, max_overflow=8)
+            pooled = sa.create_engine(storage.postgres_url, isolation_level="AUTOCOMMIT", pool_size=2,
+                                      max_overflow=-1, pool_pre_ping=True)
             swapped.append((storage, storage._engine, pooled))
             storage._engine = pooled
     try:

@@ -396,3 +396,20 @@ def test_a_run_holds_a_few_dagster_connections_and_closes_them_after(env, libs, 
     with engine.connect() as conn:
         left = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = 'dagster'")).scalar()
     assert left == 0
+
+
+def test_held_dagster_connections_survive_postgres_dropping_them(env, libs, engine, monkeypatch):
+    """A connection the pool holds that Postgres dropped meanwhile (a restart, an idle timeout)
+    is replaced when next taken, not handed to Dagster dead."""
+    import dagster as dg
+
+    from melodee_pipeline.instance import held_connections, prepare_dagster_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(prepare_dagster_home()))
+    with dg.DagsterInstance.get() as instance, held_connections(instance):
+        runs = len(instance.get_runs())
+        with engine.connect() as conn:
+            dropped = conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                           "WHERE datname = 'dagster' AND pid <> pg_backend_pid()")).scalar()
+        assert dropped >= 1  # the pooled connection was there, and is gone now
+        assert len(instance.get_runs()) == runs
