@@ -225,7 +225,8 @@ def cmd_undo(args) -> int:
     from melodee_pipeline import cycle
     from melodee_pipeline.db.engine import reported
     from melodee_pipeline.lock import staging_lock
-    from melodee_pipeline.undo import find_scan_db, plan_lines, undo_scan
+    from melodee_pipeline.scan.scandb import find_scan_db
+    from melodee_pipeline.undo import plan_lines, undo_scan
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     engine = _engine()

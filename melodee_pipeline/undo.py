@@ -56,18 +56,6 @@ class UndoResult:
         return sum(a.returned for a in self.albums)
 
 
-def find_scan_db(directory: str, scan_id: str) -> str:
-    """`scan_id` as shown in a sidecar or a row; scan DBs of older versions lack the `scan_` prefix."""
-    if os.path.isfile(scan_id):
-        return scan_id
-    bare = scan_id[len(scandb.PREFIX):] if scan_id.startswith(scandb.PREFIX) else scan_id
-    for name in (scan_id, scandb.PREFIX + bare, bare):
-        path = os.path.join(directory, f"{name}.db")
-        if os.path.isfile(path):
-            return path
-    raise UserError(f"no scan DB for scan {scan_id} in {directory} (kept: the newest staging_scan.keep_scan_dbs)")
-
-
 def _files(conn: sqlite3.Connection, group_id: str) -> list[ReturnFile]:
     """Every file the run staged into one album: tracks, then extras."""
     found = []
@@ -106,7 +94,7 @@ def undo_scan(engine: sa.Engine | None, scan_db: str, staging_root: str, *, albu
         raise UserError(f"scan {scan_id} staged nothing (it was never staged, or was a dry run): nothing to undo")
     albums = _albums(conn, root, album)
     if not dry_run:
-        prepare_staging(root, logger)  # a killed undo (or run) first finishes what it began
+        prepare_staging(root, logger, os.path.dirname(scan_db))  # a killed undo (or run) first finishes what it began
         if inbound and os.path.isdir(inbound):
             clear_temp_dir(inbound)  # half-written copies a killed undo left in inbound
         if engine is not None:

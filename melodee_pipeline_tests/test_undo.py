@@ -256,3 +256,27 @@ def test_undo_across_filesystems_copies_back_verified_without_a_database(tmp_pat
         assert [n for n in os.listdir(tmp_path / "staging") if not n.startswith(".")] == []
     finally:
         shutil.rmtree(inbound, ignore_errors=True)
+
+
+@pytest.mark.parametrize("point", ["after_place:1", "before_unlink_sources:1", "before_sidecar:1"])
+def test_an_album_a_killed_run_began_is_undone_by_that_runs_scan_id(point, env, libs, engine, capsys):
+    """A run killed mid-album; the next run finishes the album from the journal. Its sidecar and
+    row carry the killed run's scan id, so undoing that scan id returns every file, moved back
+    (not copied: the killed run moved them), and nothing stays behind in staging."""
+    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs", "Sheep"], ".ogg")
+    inbound_before, before = snapshot(libs["inbound"]), hashes(libs)
+    base = [sys.executable, "-m", "melodee_pipeline.cli"]
+    scan = subprocess.run([*base, "scan-inbound", "--path", str(libs["inbound"]), "--output", str(libs["scandbs"]),
+                           "--workers", "1", "--min-file-age", "0"], capture_output=True, text=True, check=True)
+    killed = subprocess.run([*base, "process-scan", "--scan", scan.stdout.strip(), "--staging", str(libs["staging"]),
+                             "--workers", "1"], env={**os.environ, "MELODEE_CRASH_AT": point}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert main(["run"]) == 0  # finishes the album from the journal
+    [sidecar_path] = list(libs["staging"].rglob(SIDECAR))
+    killed_id = json.loads(sidecar_path.read_text())["scan_id"]
+    assert Path(scan.stdout.strip()).stem == killed_id
+    capsys.readouterr()
+    assert main(["undo", "--scan", killed_id]) == 0, capsys.readouterr()
+    assert "undone" in capsys.readouterr().out
+    assert snapshot(libs["inbound"]) == inbound_before and hashes(libs) == before  # back, and not twice
+    assert not sidecar_path.parent.exists() and rows(engine) == {}

@@ -76,7 +76,7 @@ def scan_inbound(context: dg.OpExecutionContext, config: ScanConfig, database: M
             context.log.warning(f"{libs.locked_reason}; nothing to do")
             return
         if not s.dry_run:
-            prepare_staging(libs.staging.path, context.log)  # finish interrupted albums before inbound is read
+            prepare_staging(libs.staging.path, context.log, s.scan_db_data_path)  # finish interrupted albums before inbound is read
         result = scan_tree(
             libs.inbound.path, s.scan_db_data_path, workers=s.workers,
             min_file_age_seconds=s.min_file_age_seconds, keep_scan_dbs=s.keep_scan_dbs, logger=context.log,

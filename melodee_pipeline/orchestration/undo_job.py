@@ -7,7 +7,8 @@ import dagster as dg
 from melodee_pipeline import cycle
 from melodee_pipeline.orchestration.ops import hard_failure
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
-from melodee_pipeline.undo import find_scan_db, plan_lines, undo_scan
+from melodee_pipeline.scan.scandb import find_scan_db
+from melodee_pipeline.undo import plan_lines, undo_scan
 
 
 class UndoConfig(dg.Config):

@@ -155,6 +155,18 @@ def set_info(conn: sqlite3.Connection, **values: object) -> None:
     )
 
 
+def find_scan_db(directory: str, scan_id: str) -> str:
+    """`scan_id` as shown in a sidecar or a row; scan DBs of older versions lack the `scan_` prefix."""
+    if os.path.isfile(scan_id):
+        return scan_id
+    bare = scan_id[len(PREFIX):] if scan_id.startswith(PREFIX) else scan_id
+    for name in (scan_id, PREFIX + bare, bare):
+        path = os.path.join(directory, f"{name}.db")
+        if os.path.isfile(path):
+            return path
+    raise UserError(f"no scan DB for scan {scan_id} in {directory} (kept: the newest staging_scan.keep_scan_dbs)")
+
+
 def get_info(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM scan_info WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None

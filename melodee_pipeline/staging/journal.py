@@ -37,7 +37,9 @@ class JournalFile:
     sha256: str
     size: int
     track: dict | None  # the sidecar track entry; None for an extra (cover art, rip log…)
-    action: str = ""  # undo only: how the file goes back (unstage.py)
+    # moving: what this run does with it (protocol MOVE/RENAME/ALREADY; "" in older entries);
+    # undoing: how the file goes back (unstage.py)
+    action: str = ""
 
 
 @dataclass

@@ -8,6 +8,7 @@ records each album's outcome in the scan DB.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from contextlib import closing
@@ -23,8 +24,9 @@ from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.extras import FolderExtras
 from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir, temp_dir
-from melodee_pipeline.staging.plan import DirectoryClaims, iter_albums
-from melodee_pipeline.staging.protocol import ALBUM_ERRORS, ALREADY, RENAME, AlbumOutcome, recover
+from melodee_pipeline.staging.plan import Album, DirectoryClaims, iter_albums
+from melodee_pipeline.staging.protocol import ALBUM_ERRORS, ALREADY, RENAME, AlbumOutcome, FileAction, recover
+from melodee_pipeline.staging.protocol import MOVE as STAGED_BY_MOVE
 from melodee_pipeline.staging.ratelimit import RateLimiter
 from melodee_pipeline.staging.stager import BATCH_ALBUMS, AlbumStager
 from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
@@ -53,9 +55,10 @@ class StageResult:
     extras_moved: int = 0  # cover art, rip logs… that travelled with their album
 
 
-def prepare_staging(staging_root: str, logger: logging.Logger) -> set[str]:
+def prepare_staging(staging_root: str, logger: logging.Logger, scan_db_dir: str | None = None) -> set[str]:
     """Start of every staging run, under the staging lock: clear temp files a crash left, then
-    finish every album an interrupted run left half-moved. Returns the hashes recovery staged."""
+    finish every album an interrupted run left half-moved (recorded in that run's scan DB, when
+    it is in `scan_db_dir`). Returns the hashes recovery staged."""
     if not os.path.isdir(staging_root):
         raise UserError(f"staging path {staging_root} does not exist or is not a directory")
     try:
@@ -64,10 +67,10 @@ def prepare_staging(staging_root: str, logger: logging.Logger) -> set[str]:
         raise UserError(f"staging path {staging_root} refuses writes: {exc.strerror}") from None
     if cleared:
         logger.info(f"removed {cleared} temp file(s) left by an interrupted run")
-    return recover_interrupted(staging_root, logger)
+    return recover_interrupted(staging_root, logger, scan_db_dir)
 
 
-def recover_interrupted(staging_root: str, logger: logging.Logger) -> set[str]:
+def recover_interrupted(staging_root: str, logger: logging.Logger, scan_db_dir: str | None = None) -> set[str]:
     """Albums a killed run left half-moved, and albums a killed undo left half-returned."""
     found, problems = journal.entries(staging_root)
     for problem in problems:
@@ -96,7 +99,55 @@ def recover_interrupted(staging_root: str, logger: logging.Logger) -> set[str]:
         staged.update(a.sha256 for a in out.actions + out.extras if a.placed)
         logger.warning(f"finished interrupted album {entry.album_dir} from the journal: {out.tracks} track(s) present"
                        + (f"; {'; '.join(out.warnings)}" if out.warnings else ""))
+        if scan_db_dir:
+            _record_in_its_scan(scan_db_dir, entry, out, logger)
     return staged
+
+
+def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcome, logger: logging.Logger) -> None:
+    """An album a killed run began, finished now, goes into that run's scan DB as its outcome:
+    its sidecar and row carry that run's scan id, so `undo --scan <id>` must find it there."""
+    try:
+        path = scandb.find_scan_db(scan_db_dir, entry.scan_id)
+    except UserError:
+        return  # pruned (keep_scan_dbs), or kept elsewhere: that scan cannot be undone anyway
+    try:
+        with closing(scandb.open_existing(path)) as conn:
+            def scanned(table: str, actions: list[FileAction]) -> list[FileAction]:
+                found = []
+                for a in (a for a in actions if a.placed):
+                    row = conn.execute(f"SELECT id, {'album_group_id' if table == 'scanned_files' else 'NULL'} "
+                                       f"FROM {table} WHERE path_bytes = ?", (a.source,)).fetchone()
+                    if row is not None:
+                        found.append(dataclasses.replace(a, file_id=row[0], action=_as_planned(a, entry)))
+                        groups.append(row[1])
+                return found
+
+            groups: list = []
+            tracks, extras = scanned("scanned_files", out.actions), scanned("scanned_extras", out.extras)
+            if not tracks:
+                return  # none of its tracks is in that scan: nothing an undo of it could return
+            info = entry.album
+            album = Album(groups[0], info.get("artist", ""), info.get("album", ""), int(info.get("year") or 0),
+                          list(info.get("genres") or []), bool(info.get("is_compilation")), info.get("code", ""),
+                          entry.album_dir)
+            _save_outcome(conn, dataclasses.replace(out, album=album, actions=tracks, extras=extras), dry_run=False)
+            if scandb.get_info(conn, "staged") != "1":
+                scandb.set_info(conn, staged=1, dry_run=0)
+            conn.commit()
+    except (sqlite3.Error, OSError, UserError) as exc:
+        logger.warning(f"could not record the finished album {entry.album_dir} in its scan DB {path}: {exc}; "
+                       f"`undo --scan {entry.scan_id}` will not find it")
+
+
+def _as_planned(a: FileAction, entry: journal.Entry) -> str:
+    """What the killed run did with a file recovery found in place: what its entry planned (a move
+    or a rename: undo moves it back); an older entry that kept no plan, already staged (undo
+    returns a copy and keeps the staged file: nothing is taken from an earlier album)."""
+    if a.action in (STAGED_BY_MOVE, RENAME):
+        return a.action  # recovery moved it itself
+    planned = next((jf.action for jf in entry.files if jf.name == a.name), "")
+    return planned if planned in (STAGED_BY_MOVE, RENAME) else ALREADY
 
 
 def _save_outcome(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) -> None:
@@ -151,7 +202,7 @@ def stage_albums(
             if not os.path.isdir(staging_root):
                 raise UserError(f"staging path {staging_root} does not exist or is not a directory")
         else:
-            recovered = prepare_staging(staging_root, logger)
+            recovered = prepare_staging(staging_root, logger, os.path.dirname(scan_db))
         claims, extras = DirectoryClaims(staging_root), FolderExtras(conn)
         stager = AlbumStager(staging_root, scan_id, dry_run, RateLimiter(rate_limit), temp_dir(staging_root), recovered)
 
