@@ -249,18 +249,19 @@ def cmd_reconcile(args) -> int:
     from melodee_pipeline.libraries import resolve_libraries
     from melodee_pipeline.lock import staging_lock
     from melodee_pipeline.reconcile import reconcile
+    from melodee_pipeline.settings import scan_db_dir
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     engine = _engine()
     with reported(engine):
         with engine.connect() as conn:
-            libs = resolve_libraries(conn)
+            libs, scans = resolve_libraries(conn), scan_db_dir(conn)
         if libs.locked:
             print(f"{libs.locked_reason}; nothing to do")
             return 0
         with staging_lock(engine, f"reconcile (pid {os.getpid()})"):
             r = reconcile(engine, libs.staging.path, dry_run=args.dry_run, restore_deleted=args.restore_deleted,
-                          logger=logging.getLogger("melodee_pipeline"))
+                          logger=logging.getLogger("melodee_pipeline"), scan_db_dir=scans)
     would = "would be " if r.dry_run else ""
     print(f"reconcile {libs.staging.path}{' [dry run: nothing changed]' if r.dry_run else ''}")
     print(f"  journal: {r.pending} pending album(s) {'to record' if r.dry_run else 'recorded'} first"

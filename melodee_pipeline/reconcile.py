@@ -81,7 +81,7 @@ class ReconcileResult:
 
 
 def reconcile(engine: sa.Engine, staging_root: str, *, dry_run: bool = False, restore_deleted: bool = False,
-              logger: logging.Logger | None = None) -> ReconcileResult:
+              logger: logging.Logger | None = None, scan_db_dir: str | None = None) -> ReconcileResult:
     logger = logger or logging.getLogger(__name__)
     root = os.path.normpath(staging_root)
     if not os.path.isdir(root):
@@ -94,7 +94,7 @@ def reconcile(engine: sa.Engine, staging_root: str, *, dry_run: bool = False, re
             skip = {os.path.join(root, e.album_dir) for e in pending}  # a real run records these first
         else:
             # Finish what a crash left and record the pending rows, as a run would, before the walk.
-            result.recovered = len(prepare_staging(root, logger))
+            result.recovered = len(prepare_staging(root, logger, scan_db_dir))
             problems = record_staging_items(engine, root).unreadable  # the journal's problems included
             skip = set()
             os.makedirs(temp_dir(root), exist_ok=True)  # prepare_staging cleared it; the walk writes there

@@ -153,6 +153,15 @@ def load_settings(conn: sa.Connection) -> StagingScanSettings:
     return parse_settings(read_raw(conn), library_paths(conn))
 
 
+def scan_db_dir(conn: sa.Connection) -> str | None:
+    """The scan DB directory, for work that only benefits from it (recording a recovered album in
+    its run's scan DB): None when the setting is invalid, which fails the runs that need it."""
+    try:
+        return parse_value(SCAN_DB_PATH_KEY, read_raw(conn).get(SCAN_DB_PATH_KEY))
+    except SettingError:
+        return None
+
+
 def set_setting(conn: sa.Connection, key: str, value: str) -> Any:
     """Validate and store one setting; refuses an invalid value without writing anything."""
     parsed = parse_value(key, value)

@@ -89,12 +89,15 @@ def undo_scan(engine: sa.Engine | None, scan_db: str, staging_root: str, *, albu
     conn = scandb.open_existing(scan_db)
     scan_id, inbound = scandb.get_info(conn, "scan_id"), scandb.get_info(conn, "inbound_path") or ""
     result = UndoResult(scan_id, scan_db, dry_run)
+    if not dry_run:
+        # A killed undo (or run) first finishes what it began; an album a killed run began is
+        # then recorded in that run's scan DB (perhaps this one), so it can be undone.
+        prepare_staging(root, logger, os.path.dirname(scan_db))
     if scandb.get_info(conn, "staged") != "1" or scandb.get_info(conn, "dry_run") == "1":
         conn.close()
         raise UserError(f"scan {scan_id} staged nothing (it was never staged, or was a dry run): nothing to undo")
     albums = _albums(conn, root, album)
     if not dry_run:
-        prepare_staging(root, logger, os.path.dirname(scan_db))  # a killed undo (or run) first finishes what it began
         if inbound and os.path.isdir(inbound):
             clear_temp_dir(inbound)  # half-written copies a killed undo left in inbound
         if engine is not None:

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -258,25 +259,55 @@ def test_undo_across_filesystems_copies_back_verified_without_a_database(tmp_pat
         shutil.rmtree(inbound, ignore_errors=True)
 
 
-@pytest.mark.parametrize("point", ["after_place:1", "before_unlink_sources:1", "before_sidecar:1"])
-def test_an_album_a_killed_run_began_is_undone_by_that_runs_scan_id(point, env, libs, engine, capsys):
-    """A run killed mid-album; the next run finishes the album from the journal. Its sidecar and
-    row carry the killed run's scan id, so undoing that scan id returns every file, moved back
-    (not copied: the killed run moved them), and nothing stays behind in staging."""
-    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs", "Sheep"], ".ogg")
-    inbound_before, before = snapshot(libs["inbound"]), hashes(libs)
+def killed_mid_album(libs, point: str) -> str:
+    """`process-scan` SIGKILLed at `point` while staging one album; returns its scan DB."""
     base = [sys.executable, "-m", "melodee_pipeline.cli"]
     scan = subprocess.run([*base, "scan-inbound", "--path", str(libs["inbound"]), "--output", str(libs["scandbs"]),
                            "--workers", "1", "--min-file-age", "0"], capture_output=True, text=True, check=True)
     killed = subprocess.run([*base, "process-scan", "--scan", scan.stdout.strip(), "--staging", str(libs["staging"]),
                              "--workers", "1"], env={**os.environ, "MELODEE_CRASH_AT": point}, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert main(["run"]) == 0  # finishes the album from the journal
-    [sidecar_path] = list(libs["staging"].rglob(SIDECAR))
-    killed_id = json.loads(sidecar_path.read_text())["scan_id"]
-    assert Path(scan.stdout.strip()).stem == killed_id
+    return scan.stdout.strip()
+
+
+@pytest.mark.parametrize("point,finisher", [("after_place:1", "run"), ("before_unlink_sources:1", "run"),
+                                            ("before_sidecar:1", "run"), ("before_unlink_sources:1", "reconcile"),
+                                            ("before_unlink_sources:1", "undo")])
+def test_an_album_a_killed_run_began_is_undone_by_that_runs_scan_id(point, finisher, env, libs, engine, capsys):
+    """A run killed mid-album; the next run (or reconcile, or the undo itself) finishes the album
+    from the journal. Its sidecar and row carry the killed run's scan id, so undoing that scan id
+    returns every file, moved back (not copied: the killed run moved them), and nothing stays
+    behind in staging."""
+    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs", "Sheep"], ".ogg")
+    inbound_before, before = snapshot(libs["inbound"]), hashes(libs)
+    killed_db = killed_mid_album(libs, point)
+    killed_id = Path(killed_db).stem
+    if finisher != "undo":
+        assert main([finisher]) == 0  # finishes the album from the journal
+        [sidecar_path] = list(libs["staging"].rglob(SIDECAR))
+        assert json.loads(sidecar_path.read_text())["scan_id"] == killed_id
+        indexes = {r[1] for r in sqlite3.connect(killed_db).execute("PRAGMA index_list(scanned_files)")}
+        assert "scanned_files_path_bytes" in indexes  # looked up by path: indexed once
     capsys.readouterr()
     assert main(["undo", "--scan", killed_id]) == 0, capsys.readouterr()
     assert "undone" in capsys.readouterr().out
     assert snapshot(libs["inbound"]) == inbound_before and hashes(libs) == before  # back, and not twice
-    assert not sidecar_path.parent.exists() and rows(engine) == {}
+    assert not list(libs["staging"].rglob(SIDECAR)) and rows(engine) == {}
+
+
+def test_a_journal_entry_naming_a_scan_db_elsewhere_writes_nothing_there(env, libs, engine, tmp_path):
+    """The journal is a file in staging: an entry whose scan id is a path gets no scan DB written
+    outside the scan DB directory; the album is still finished."""
+    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs", "Sheep"], ".ogg")
+    killed_db = killed_mid_album(libs, "before_unlink_sources:1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    decoy = elsewhere / Path(killed_db).name
+    shutil.copyfile(killed_db, decoy)
+    before = decoy.read_bytes()
+    [entry] = list((libs["staging"] / ".melodee-journal").glob("*.json"))
+    doc = json.loads(entry.read_text())
+    doc["scan_id"] = f"../{elsewhere.name}/{decoy.stem}"
+    entry.write_text(json.dumps(doc))
+    assert main(["run"]) == 0
+    assert decoy.read_bytes() == before and len(list(libs["staging"].rglob(SIDECAR))) == 1

@@ -9,6 +9,7 @@ from melodee_pipeline.orchestration.job import CONCURRENCY_TAG
 from melodee_pipeline.orchestration.ops import hard_failure
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
 from melodee_pipeline.reconcile import reconcile
+from melodee_pipeline.settings import scan_db_dir
 
 JOB_NAME = "reconcile_staging_job"
 DRIFT_TABLE_ROWS = 300
@@ -35,12 +36,12 @@ def reconcile_staging(context: dg.OpExecutionContext, config: ReconcileConfig, d
     with hard_failure():
         engine = database.engine()
         with engine.connect() as conn:
-            libs = resolve_libraries(conn)
+            libs, scans = resolve_libraries(conn), scan_db_dir(conn)
         if libs.locked:
             context.log.warning(f"{libs.locked_reason}; nothing to do")
             return {}
         result = reconcile(engine, libs.staging.path, dry_run=config.dry_run, restore_deleted=config.restore_deleted,
-                           logger=context.log)
+                           logger=context.log, scan_db_dir=scans)
     counts = result.counts()
     rows_written = result.rows_updated + result.rows_restored
     if rows_written and not config.dry_run:
