@@ -119,7 +119,10 @@ def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcom
         with closing(scandb.open_existing(path)) as conn:
             for table in ("scanned_files", "scanned_extras"):  # once per scan DB; a killed run may leave thousands
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_path_bytes ON {table}(path_bytes)")
+            groups: list[str] = []
+
             def scanned(table: str, actions: list[FileAction]) -> list[FileAction]:
+                """The placed files that scan read, as the killed run meant to stage them."""
                 found = []
                 for a in (a for a in actions if a.placed):
                     row = conn.execute(f"SELECT id, {'album_group_id' if table == 'scanned_files' else 'NULL'} "
@@ -129,7 +132,6 @@ def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcom
                         groups.append(row[1])
                 return found
 
-            groups: list = []
             tracks, extras = scanned("scanned_files", out.actions), scanned("scanned_extras", out.extras)
             if not tracks:
                 return  # none of its tracks is in that scan: nothing an undo of it could return
