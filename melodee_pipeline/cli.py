@@ -269,6 +269,8 @@ def cmd_reconcile(args) -> int:
     print(f"  albums: {r.albums} in staging, {r.unchanged} unchanged, {r.unreadable} unreadable")
     print(f"  sidecars: {r.sidecars_rewritten} {would}rewritten without {r.tracks_dropped} missing file(s), "
           f"{r.sidecars_removed} {would}removed (no file left)")
+    print(f"  audio the sidecars did not list: {r.tracks_added} {would}added, {r.unlisted_left} left alone "
+          "(not valid audio, or still changing)")
     print(f"  rows: {r.rows_updated} {would}updated ({r.rows_reopened} reopened), {r.rows_restored} {would}restored, "
           f"{r.deleted_kept} deleted by the admin kept deleted"
           + ("" if args.restore_deleted or not r.deleted_kept else " (--restore-deleted re-creates them)")

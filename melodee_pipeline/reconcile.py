@@ -4,6 +4,8 @@ A normal run touches only the albums it staged (the journal's work list, see `re
 what happens to staging between runs is found here, on demand, at O(staging) cost:
   - a sidecar listing files that are gone is rewritten without them; one left with no track is
     removed, so there is no phantom album;
+  - audio in an album directory that its sidecar does not list (copied there by hand) joins the
+    sidecar when it reads as valid audio and has not changed for a minute; anything else is reported;
   - a row that differs from its sidecar (a sidecar edited by hand) is updated;
   - a missing row was deleted by the admin (Melodee deletes rows on reject and on promote), so it
     is re-created only with `restore_deleted`;
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
@@ -31,6 +34,9 @@ from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.moves import remove_temp_dir, temp_dir
 from melodee_pipeline.staging.albumdir import present_tracks, refresh_checks, remove_empty_dirs
+from melodee_pipeline.scan.tags import read_media_file
+from melodee_pipeline.scan.walk import is_media
+from melodee_pipeline.staging.protocol import track_entry
 from melodee_pipeline.staging.stage import prepare_staging
 
 OWN_DIRS = ".melodee-"  # the journal and the temp dir under the staging root: not albums
@@ -38,6 +44,8 @@ ALBUM_DEPTH = 3  # <code>/<artist>/<year - album>/
 
 # Kinds of drift, as the report names them.
 TRACKS_MISSING = "tracks_missing"  # the sidecar listed files that are gone: rewritten without them
+TRACKS_ADDED = "tracks_added"  # audio in the directory the sidecar did not list: added
+UNLISTED = "unlisted"  # a file with an audio extension the sidecar does not list, left alone (with the reason)
 SIDECAR_REMOVED = "sidecar_removed"  # none of its files is left: no phantom album
 ROW_UPDATED = "row_updated"
 ROW_RESTORED = "row_restored"
@@ -63,6 +71,8 @@ class ReconcileResult:
     unchanged: int = 0  # row equal to its sidecar, every listed file present
     sidecars_rewritten: int = 0
     tracks_dropped: int = 0
+    tracks_added: int = 0
+    unlisted_left: int = 0
     sidecars_removed: int = 0
     rows_updated: int = 0
     rows_reopened: int = 0
@@ -158,17 +168,18 @@ def _read(album_dir: str) -> bytes | None:
 
 
 def heal_sidecar(root: str, album_dir: str, data: bytes, result: ReconcileResult) -> bytes | None:
-    """The sidecar's bytes once it lists only files that are present; None when none is left
-    (the sidecar is removed). A dry run computes the same and writes nothing."""
+    """The sidecar's bytes once it lists exactly the audio that is in its directory; None when
+    none is left (the sidecar is removed). A dry run computes the same and writes nothing."""
     doc = json.loads(data)
     listed = doc.get("tracks") or []
     present = present_tracks(root, doc)
-    if len(present) == len(listed):
+    found = unlisted_audio(root, album_dir, listed, result)
+    if len(present) == len(listed) and not found:
         return data
     kept = {id(t) for t in present}
     missing = [str(t.get("file_path")) for t in listed if id(t) not in kept]
     result.tracks_dropped += len(missing)
-    if not present:
+    if not present and not found:
         result.sidecars_removed += 1
         result.add(album_dir, SIDECAR_REMOVED, f"none of its {len(listed)} file(s) is in staging")
         if not result.dry_run:
@@ -176,11 +187,46 @@ def heal_sidecar(root: str, album_dir: str, data: bytes, result: ReconcileResult
             remove_empty_dirs(root, album_dir)
         return None
     result.sidecars_rewritten += 1
-    result.add(album_dir, TRACKS_MISSING, "; ".join(missing))
-    doc["tracks"] = present
-    sc.add_warnings(doc, [f"{path}: missing from staging; removed from the sidecar by reconcile" for path in missing])
+    if missing:
+        result.add(album_dir, TRACKS_MISSING, "; ".join(missing))
+    if found:
+        result.tracks_added += len(found)
+        result.add(album_dir, TRACKS_ADDED, "; ".join(os.path.basename(t["file_path"]) for t in found))
+    doc["tracks"] = present + found
+    sc.add_warnings(doc, [f"{path}: missing from staging; removed from the sidecar by reconcile" for path in missing]
+                    + [f"{t['file_path']}: found in the album directory, not in its sidecar; added by reconcile"
+                       for t in found])
     refresh_checks(album_dir, doc)  # the album checks describe the album as it now stands
     return sc.serialize(doc) if result.dry_run else sc.write_atomic(album_dir, doc, temp_dir(root))
+
+
+SETTLED_SECONDS = 60  # a file changed more recently may still be being copied in: the next reconcile takes it
+
+
+def unlisted_audio(root: str, album_dir: str, listed: list[dict], result: ReconcileResult) -> list[dict]:
+    """Track entries for the audio files in `album_dir` that the sidecar does not list and that
+    read as valid audio (tags as a scan reads them); others are reported and left alone."""
+    names = {os.path.basename(str(t.get("file_path") or "")) for t in listed}
+    rel = os.path.relpath(album_dir, root)
+    found, left = [], []
+    with os.scandir(album_dir) as it:
+        entries = sorted((e for e in it if e.name not in names and not e.name.startswith(".")
+                          and is_media(os.fsencode(e.name)) and e.is_file(follow_symlinks=False)),
+                         key=lambda e: e.name)
+    for e in entries:
+        st = e.stat(follow_symlinks=False)
+        if time.time() - st.st_mtime < SETTLED_SECONDS:
+            left.append(f"{e.name}: changed in the last minute; the next reconcile looks again")
+            continue
+        row = read_media_file(os.fsencode(e.path), st)
+        if row["is_valid"]:
+            found.append(track_entry(rel, row, e.name))
+        else:
+            left.append(f"{e.name}: {row['validation_error']}")
+    if left:
+        result.unlisted_left += len(left)
+        result.add(album_dir, UNLISTED, "; ".join(left))
+    return found
 
 
 def _reconcile_batch(engine: sa.Engine, root: str, batch: list[str], result: ReconcileResult, live: set[str],
@@ -247,7 +293,8 @@ def _log(r: ReconcileResult, logger: logging.Logger) -> None:
     would = "would be " if r.dry_run else ""
     logger.info(
         f"reconcile{' (dry run)' if r.dry_run else ''}: {r.albums} album(s) in staging, {r.unchanged} unchanged; "
-        f"sidecars {would}rewritten {r.sidecars_rewritten} ({r.tracks_dropped} missing file(s)), {would}removed "
+        f"sidecars {would}rewritten {r.sidecars_rewritten} ({r.tracks_dropped} missing file(s), {r.tracks_added} "
+        f"unlisted added, {r.unlisted_left} unlisted left alone), {would}removed "
         f"{r.sidecars_removed}; rows {would}updated {r.rows_updated}, {would}restored {r.rows_restored}, "
         f"deleted by the admin and kept deleted {r.deleted_kept}; rows without an album {r.orphaned_rows}")
     if r.unreadable or r.refused:

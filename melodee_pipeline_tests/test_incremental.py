@@ -270,3 +270,37 @@ def test_a_batch_of_rows_is_one_statement_and_a_refused_batch_goes_row_by_row(me
                                         "('/staging/A/Artist/1', '/staging/A/Artist/400')")).all())
     assert got == {"/staging/A/Artist/1": "newer", "/staging/A/Artist/400": "c400"}
     assert (result.inserted, result.updated) == (301, 2)
+
+
+def test_reconcile_adds_audio_copied_into_an_album_by_hand_and_reports_the_rest(five_albums, engine, capsys):
+    """Audio in an album directory that its sidecar does not list joins the sidecar (with a
+    warning for the reviewer) when it reads as valid audio and has settled; a file that is not
+    audio, or is still changing, is reported and left alone until it is."""
+    libs, staging = five_albums, five_albums["staging"]
+    album_dir = staging / LZ
+    make_track(str(album_dir / "03 - Bonus.flac"), Tags("Led Zeppelin", "IV", "Bonus", None, 3, None, 1971), seed=40)
+    (album_dir / "04 - Notes.mp3").write_bytes(b"not audio at all" * 64)
+    age(album_dir)
+    make_track(str(album_dir / "05 - Copying.flac"), Tags("Led Zeppelin", "IV", "Copying", None, 5, None, 1971), seed=41)
+    before = rows(engine), tree(staging)
+
+    assert main(["reconcile", "--dry-run"]) == 0
+    assert "  audio the sidecars did not list: 1 would be added, 2 left alone" in capsys.readouterr().out
+    assert (rows(engine), tree(staging)) == before
+
+    assert main(["reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "  audio the sidecars did not list: 1 added, 2 left alone" in out
+    assert "04 - Notes.mp3: corrupt or not audio" in out and "05 - Copying.flac: changed in the last minute" in out
+    doc = json.loads(sidecar_path(libs, LZ).read_bytes())
+    assert [t["name"] for t in doc["tracks"]] == ["Black Dog", "Rock and Roll", "Bonus"]
+    bonus = doc["tracks"][2]
+    assert bonus["file_path"] == f"{LZ}/03 - Bonus.flac" and bonus["track_number"] == 3
+    assert bonus["checksum"] == hashlib.sha256((album_dir / "03 - Bonus.flac").read_bytes()).hexdigest()
+    assert f"{LZ}/03 - Bonus.flac: found in the album directory, not in its sidecar; added by reconcile" in doc["validation"]["warnings"]
+    assert rows(engine)[str(album_dir)][1::2] == (3, checksum(sidecar_path(libs, LZ)))
+
+    age(album_dir)  # the copy finished long ago
+    assert main(["reconcile"]) == 0
+    assert "  audio the sidecars did not list: 1 added, 1 left alone" in capsys.readouterr().out
+    assert len(json.loads(sidecar_path(libs, LZ).read_bytes())["tracks"]) == 4
