@@ -33,6 +33,7 @@ from melodee_pipeline.records import (
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.moves import remove_temp_dir, temp_dir
+from melodee_pipeline.staging.paths import name_key
 from melodee_pipeline.staging.albumdir import present_tracks, refresh_checks, remove_empty_dirs
 from melodee_pipeline.scan.tags import read_media_file
 from melodee_pipeline.scan.walk import is_media
@@ -205,24 +206,45 @@ SETTLED_SECONDS = 60  # a file changed more recently may still be being copied i
 
 def unlisted_audio(root: str, album_dir: str, listed: list[dict], result: ReconcileResult) -> list[dict]:
     """Track entries for the audio files in `album_dir` that the sidecar does not list and that
-    read as valid audio (tags as a scan reads them); others are reported and left alone."""
-    names = {os.path.basename(str(t.get("file_path") or "")) for t in listed}
+    read as valid audio (tags as a scan reads them); each other one is reported with its reason
+    and left alone, and only it."""
+    keys = {name_key(os.path.basename(str(t.get("file_path") or ""))): t for t in listed}
+    hashes = {t.get("checksum") for t in listed}
     rel = os.path.relpath(album_dir, root)
     found, left = [], []
     with os.scandir(album_dir) as it:
-        entries = sorted((e for e in it if e.name not in names and not e.name.startswith(".")
-                          and is_media(os.fsencode(e.name)) and e.is_file(follow_symlinks=False)),
+        entries = sorted((e for e in it if not e.name.startswith(".") and is_media(os.fsencode(e.name))),
                          key=lambda e: e.name)
     for e in entries:
-        st = e.stat(follow_symlinks=False)
-        if time.time() - st.st_mtime < SETTLED_SECONDS:
-            left.append(f"{e.name}: changed in the last minute; the next reconcile looks again")
+        shown = os.fsencode(e.name).decode("utf-8", "backslashreplace")
+        same = keys.get(name_key(e.name))
+        if same is not None and os.path.basename(str(same.get("file_path"))) == e.name:
+            continue  # listed
+        why = None
+        try:
+            e.name.encode("utf-8")
+        except UnicodeEncodeError:
+            why = "its name is not valid UTF-8 (Melodee could not store it); rename it"
+        if why is None and same is not None:
+            why = f"differs from the listed {os.path.basename(str(same.get('file_path')))} only in letter case"
+        if why is None and not e.is_file(follow_symlinks=False):
+            why = "not a regular file (a symlink?)"
+        try:
+            st = e.stat(follow_symlinks=False) if why is None else None
+            if st is not None and time.time() - st.st_mtime < SETTLED_SECONDS:
+                why = "changed in the last minute; the next reconcile looks again"
+            row = read_media_file(os.fsencode(e.path), st) if why is None else None
+        except OSError as exc:
+            why = f"unreadable: {exc.strerror or exc}"
+        if why is None and not row["is_valid"]:
+            why = row["validation_error"]
+        if why is None and row["file_hash"] in hashes:
+            why = "the same bytes as a track the sidecar lists already"
+        if why is not None:
+            left.append(f"{shown}: {why}")
             continue
-        row = read_media_file(os.fsencode(e.path), st)
-        if row["is_valid"]:
-            found.append(track_entry(rel, row, e.name))
-        else:
-            left.append(f"{e.name}: {row['validation_error']}")
+        found.append(track_entry(rel, row, e.name))
+        keys[name_key(e.name)], hashes = found[-1], hashes | {row["file_hash"]}
     if left:
         result.unlisted_left += len(left)
         result.add(album_dir, UNLISTED, "; ".join(left))

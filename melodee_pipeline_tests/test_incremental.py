@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -304,3 +305,29 @@ def test_reconcile_adds_audio_copied_into_an_album_by_hand_and_reports_the_rest(
     assert main(["reconcile"]) == 0
     assert "  audio the sidecars did not list: 1 added, 1 left alone" in capsys.readouterr().out
     assert len(json.loads(sidecar_path(libs, LZ).read_bytes())["tracks"]) == 4
+
+
+def test_reconcile_adopts_nothing_that_would_break_the_album(five_albums, engine, capsys):
+    """Left alone, each with its reason, and only it: a name that is not UTF-8, a name that
+    differs from a listed track's only in letter case, a copy of a listed track's bytes, a
+    symlink; the one good file beside them is still added."""
+    libs = five_albums
+    album_dir = libs["staging"] / LZ
+    black_dog = album_dir / "01 - Black Dog.flac"
+    shutil.copyfile(black_dog, album_dir / "01 - black dog.flac")
+    shutil.copyfile(black_dog, album_dir / "Black Dog (copy).flac")
+    make_track(str(album_dir / "bad.flac"), Tags("Led Zeppelin", "IV", "Undecodable", None, 7, None, 1971), seed=42)
+    os.rename(album_dir / "bad.flac", os.fsencode(album_dir) + b"/07 - \xff.flac")
+    os.symlink(black_dog, album_dir / "08 - Link.flac")
+    make_track(str(album_dir / "09 - Good.flac"), Tags("Led Zeppelin", "IV", "Good", None, 9, None, 1971), seed=43)
+    age(album_dir)
+    assert main(["reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "  audio the sidecars did not list: 1 added, 4 left alone" in out
+    for reason in ("01 - black dog.flac: differs from the listed 01 - Black Dog.flac only in letter case",
+                   "Black Dog (copy).flac: the same bytes as a track the sidecar lists already",
+                   "07 - \\xff.flac: its name is not valid UTF-8", "08 - Link.flac: not a regular file"):
+        assert reason in out
+    doc = json.loads(sidecar_path(libs, LZ).read_bytes())
+    assert [t["name"] for t in doc["tracks"]] == ["Black Dog", "Rock and Roll", "Good"]
+    assert rows(engine)[str(album_dir)][1] == 3
