@@ -52,7 +52,7 @@ class MelodeeDagsterStorage(DagsterPostgresStorage):
 
 @contextlib.contextmanager
 def held_connections(instance) -> Iterator[None]:
-    """Dagster's Postgres storages open a connection per read or write (NullPool: ~100 in a run
+    """Dagster's Postgres storages open a connection per read or write (NullPool: ~80 in a run
     that stages albums, ~2.5 ms each). For a run in this short-lived process two stay open instead,
     closed when the run is over; more at once are opened and closed as before, so a connection
     Dagster holds longer never makes another wait, and one Postgres dropped meanwhile is replaced

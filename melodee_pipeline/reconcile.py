@@ -30,13 +30,13 @@ from melodee_pipeline.errors import UserError
 from melodee_pipeline.records import (
     BATCH, SIDECAR_ERRORS, RecordResult, existing_rows, record_staging_items, sidecar_row, upsert_rows,
 )
-from melodee_pipeline.staging import journal
-from melodee_pipeline.staging import sidecar as sc
-from melodee_pipeline.staging.moves import remove_temp_dir, temp_dir
-from melodee_pipeline.staging.paths import name_key
-from melodee_pipeline.staging.albumdir import present_tracks, refresh_checks, remove_empty_dirs
 from melodee_pipeline.scan.tags import read_media_file
 from melodee_pipeline.scan.walk import is_media
+from melodee_pipeline.staging import journal
+from melodee_pipeline.staging import sidecar as sc
+from melodee_pipeline.staging.albumdir import present_tracks, refresh_checks, remove_empty_dirs
+from melodee_pipeline.staging.moves import remove_temp_dir, temp_dir
+from melodee_pipeline.staging.paths import name_key
 from melodee_pipeline.staging.protocol import track_entry
 from melodee_pipeline.staging.stage import prepare_staging
 
@@ -244,7 +244,8 @@ def unlisted_audio(root: str, album_dir: str, listed: list[dict], result: Reconc
             left.append(f"{shown}: {why}")
             continue
         found.append(track_entry(rel, row, e.name))
-        keys[name_key(e.name)], hashes = found[-1], hashes | {row["file_hash"]}
+        keys[name_key(e.name)] = found[-1]
+        hashes.add(row["file_hash"])
     if left:
         result.unlisted_left += len(left)
         result.add(album_dir, UNLISTED, "; ".join(left))

@@ -44,10 +44,10 @@ def many_albums(inbound, count: int) -> None:
     age(inbound)
 
 
-def stage_once(dirs, workers: int = 2):
+def stage_once(dirs, workers: int = 2, **options):
     scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
     group_albums(scan.scan_db)
-    return stage_albums(scan.scan_db, str(dirs["staging"]), workers=workers)
+    return stage_albums(scan.scan_db, str(dirs["staging"]), workers=workers, **options)
 
 
 def test_a_big_run_through_the_cli_stages_in_worker_processes(env, libs, engine):
@@ -67,7 +67,7 @@ def test_a_big_run_through_the_cli_stages_in_worker_processes(env, libs, engine)
     assert report.ok, report
 
 
-def test_fewer_albums_or_a_rate_limit_or_one_worker_stay_on_threads(dirs, monkeypatch):
+def test_fewer_albums_a_dry_run_a_rate_limit_or_one_worker_stay_on_threads(dirs, monkeypatch):
     started = []
     monkeypatch.setattr(stage, "process_pool", lambda *a: started.append(a) or pytest.fail("no process pool expected"))
     monkeypatch.setattr(stage, "PROCESS_MIN_ALBUMS", 3)
@@ -76,7 +76,12 @@ def test_fewer_albums_or_a_rate_limit_or_one_worker_stay_on_threads(dirs, monkey
     age(dirs["inbound"])
     assert stage_once(dirs).albums_success == 2
     monkeypatch.setattr(stage, "PROCESS_MIN_ALBUMS", 1)
-    album(dirs["inbound"], "Artist 9", "Album", 2000, ["One"])
+    for i in (7, 8, 9):
+        album(dirs["inbound"], f"Artist {i}", "Album", 2000, ["One"])
+    age(dirs["inbound"])
+    assert stage_once(dirs, dry_run=True).albums_total == 3
+    assert stage_once(dirs, rate_limit=1000).albums_success == 3
+    album(dirs["inbound"], "Artist 10", "Album", 2000, ["One"])
     age(dirs["inbound"])
     assert stage_once(dirs, workers=1).albums_success == 1
     assert started == []

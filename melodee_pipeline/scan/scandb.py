@@ -9,6 +9,7 @@ alone.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sqlite3
 from datetime import datetime, timezone
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS staged_extras (
 """
 
 PREFIX = "scan_"
+_SCAN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # what `create` makes (and older versions did): never a path
 # Columns of scanned_files added since the first scan DBs. `connect` adds them to new and old scan
 # DBs alike, so a run re-executed after an upgrade can still read its own scan DB.
 ADDED_COLUMNS = {
@@ -153,6 +155,10 @@ def set_info(conn: sqlite3.Connection, **values: object) -> None:
         "INSERT INTO scan_info(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         [(k, None if v is None else str(v)) for k, v in values.items()],
     )
+
+
+def is_scan_id(text: str) -> bool:
+    return bool(_SCAN_ID.fullmatch(text))
 
 
 def find_scan_db(directory: str, scan_id: str) -> str:

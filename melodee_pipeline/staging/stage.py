@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from contextlib import closing
 import sqlite3
 import time
@@ -33,7 +32,6 @@ from melodee_pipeline.staging.stager import BATCH_ALBUMS, AlbumStager
 from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
 
 log = logging.getLogger(__name__)
-_SCAN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 COMMIT_EVERY = 1000  # files between scan DB commits
 # Fewer albums than this stage on threads of the run's own process: worker processes pay for
@@ -109,7 +107,7 @@ def recover_interrupted(staging_root: str, logger: logging.Logger, scan_db_dir: 
 def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcome, logger: logging.Logger) -> None:
     """An album a killed run began, finished now, goes into that run's scan DB as its outcome:
     its sidecar and row carry that run's scan id, so `undo --scan <id>` must find it there."""
-    if not _SCAN_ID.fullmatch(entry.scan_id):
+    if not scandb.is_scan_id(entry.scan_id):
         return  # the journal is a file in staging: its scan id names a scan DB in the directory, or none
     try:
         path = scandb.find_scan_db(scan_db_dir, entry.scan_id)

@@ -76,6 +76,10 @@ class AlbumStager:
                 out.album = album  # sent back without it: the parent has it
             return batch
 
+        def collect() -> list[AlbumOutcome]:
+            albums, future = pending.popleft()
+            return outcomes(albums, future.result())
+
         try:
             for albums in batches:
                 if self._stop.is_set():
@@ -83,11 +87,9 @@ class AlbumStager:
                     continue
                 pending.append((albums, processes.submit(stage_in_worker, spec, [_portable(a) for a in albums])))
                 while len(pending) >= ahead or (pending and pending[0][1].done()):
-                    albums, future = pending.popleft()
-                    yield from outcomes(albums, future.result())
+                    yield from collect()
             while pending:
-                albums, future = pending.popleft()
-                yield from outcomes(albums, future.result())
+                yield from collect()
         except BrokenProcessPool:
             # Batches another worker finished are staged: their outcomes go to the scan DB too.
             for albums, future in pending:
