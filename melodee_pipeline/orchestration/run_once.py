@@ -1,5 +1,6 @@
 """Run staging_scan_job once in this process, recorded on the Postgres-backed Dagster instance
-(what `melodee-pipeline run` and `demo` do), and say why it failed as a user should read it."""
+(what `melodee-pipeline run` and `demo` do), and say why it failed as a user should read it.
+Importing this module imports everything a run needs (the CLI imports it before it freezes the heap)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ import contextlib
 import logging
 import os
 from typing import Iterator
+
+import dagster as dg
+from dagster._utils.log import create_console_logger
+
+from melodee_pipeline.definitions import defs
+from melodee_pipeline.instance import held_connections, prepare_dagster_home
+from melodee_pipeline.orchestration import launch
+from melodee_pipeline.orchestration.job import staging_scan_job
 
 
 @contextlib.contextmanager
@@ -42,9 +51,6 @@ class _NoTracebackFormatter(logging.Formatter):
 
 def console_logger():
     """Dagster's colored console logger, minus step-failure tracebacks (the CLI prints the reason)."""
-    import dagster as dg
-    from dagster._utils.log import create_console_logger
-
     @dg.logger({"log_level": dg.Field(str, is_required=False, default_value="INFO")},
                description="Dagster's console logger without error tracebacks")
     def console(init_context):
@@ -59,13 +65,6 @@ def console_logger():
 def run_job(dry_run: bool | None = None, workers: int | None = None, rate_limit: int | None = None,
             scan_db_data_path: str | None = None) -> tuple[bool, dict | None, str | None]:
     """One cycle through staging_scan_job in this process, recorded on the Postgres-backed instance."""
-    import dagster as dg
-
-    from melodee_pipeline.instance import held_connections, prepare_dagster_home
-    from melodee_pipeline.orchestration import launch
-    from melodee_pipeline.orchestration.job import staging_scan_job
-    from melodee_pipeline.definitions import defs
-
     home = prepare_dagster_home()
     overrides = {k: v for k, v in dict(dry_run=dry_run, workers=workers, rate_limit=rate_limit,
                                         scan_db_data_path=scan_db_data_path).items() if v is not None}
