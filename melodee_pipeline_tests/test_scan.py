@@ -108,6 +108,25 @@ def test_non_utf8_file_names_are_scanned(tmp_path):
     assert path.endswith("caf\\xe9.mp3") and path_bytes == raw and valid == 1
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_corrupt_file_whose_name_is_not_utf8_is_refused_and_the_scan_goes_on(tmp_path, monkeypatch, streamed):
+    """The parser's message names the file, undecodable bytes and all: it once failed every scan."""
+    from melodee_pipeline.scan import tags
+
+    if streamed:
+        monkeypatch.setattr(tags, "IN_MEMORY_BYTES", 0)
+    inbound = tmp_path / "in"
+    make_track(str(inbound / "good.mp3"), Tags("A", "B", "T"))
+    for name in (b"caf\xe9.mp3", b"\xff\xfe.flac"):
+        (inbound / os.fsdecode(name)).write_bytes(b"\xff\xfb not really audio " * 40)
+    result = scan_inbound(str(inbound), str(tmp_path / "scans"), workers=1, min_file_age_seconds=0)
+    assert (result.valid, result.invalid) == (1, 2)
+    reasons = dict(sqlite3.connect(result.scan_db).execute(
+        "SELECT file_path, validation_error FROM scanned_files WHERE is_valid = 0"))
+    assert set(reasons) == {f"{inbound}/caf\\xe9.mp3", f"{inbound}/\\xff\\xfe.flac"}
+    assert all(r.startswith("corrupt or not audio: ") for r in reasons.values()), reasons
+
+
 def test_old_scan_dbs_are_pruned(tmp_path):
     (tmp_path / "in").mkdir()
     made = [scan_inbound(str(tmp_path / "in"), str(tmp_path / "scans"), workers=1, keep_scan_dbs=2).scan_db for _ in range(4)]

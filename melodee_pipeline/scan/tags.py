@@ -43,6 +43,15 @@ def display_path(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+def storable(text: str) -> str:
+    """Text SQLite and PostgreSQL accept. An error message can hold a file name that is not UTF-8
+    (Python carries its bytes as lone surrogates): they become `\\xNN`, as in `display_path`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def clean_text(value: object, name: str, warnings: list[str]) -> str:
     """Tag text as stored. NUL and the other control characters are removed: PostgreSQL text cannot
     hold NUL, and none of them belongs in a name or a directory. A lone surrogate (broken UTF-16 in
@@ -153,11 +162,11 @@ def read_media_file(path: bytes, st: os.stat_result | None = None) -> dict:
             source = os.fsdecode(path)
         length = _read_tags(mediafile.MediaFile(source), row)
     except OSError as exc:
-        row["validation_error"] = f"unreadable: {exc.strerror or exc}"
+        row["validation_error"] = storable(f"unreadable: {exc.strerror or exc}")
         return row
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
         verdict = "corrupt or not audio" if _from_parser(exc) else INTERNAL_ERROR
-        row["validation_error"] = _CONTROL.sub("", f"{verdict}: {type(exc).__name__}: {exc}")[:500]
+        row["validation_error"] = storable(_CONTROL.sub("", f"{verdict}: {type(exc).__name__}: {exc}"))[:500]
         return row
     problems = []
     if not length > 0:  # NaN included
