@@ -89,6 +89,60 @@ def test_a_changed_leftover_is_read_again_at_once(tmp_path, memory):
     assert opened == ["good.mp3", "junk.ogg", "no_title.flac"]
 
 
+IDENTITY = ("file_path", "path_bytes", "file_size", "file_hash", "modified_time", "is_valid", "validation_error",
+            "mtime_ns", "inode", "ctime_ns", "refused_since")
+
+
+def rows(scan_db: str, columns: tuple[str, ...]) -> dict[bytes, tuple]:
+    conn = sqlite3.connect(scan_db)
+    return {row[1]: row for row in conn.execute(f"SELECT {', '.join(columns)} FROM scanned_files WHERE is_valid = 0")}
+
+
+def test_a_recalled_row_is_the_refusal_as_first_written_whatever_the_name(tmp_path, memory):
+    """A recalled leftover's row is copied from what is remembered, not built again: it must say
+    what the scan that read the file said, for a name that is not UTF-8 too."""
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    odd = os.path.join(os.fsencode(inbound), b"caf\xe9 \xff.mp3")
+    with open(odd, "wb") as f:
+        f.write(b"\xff\xfb not really audio " * 40)
+    past = time.time() - 3600
+    os.utime(odd, (past, past))
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+    first = scan()
+    time.sleep(1.1)
+    second = scan()
+    assert second.unchanged == 3 and second.files == first.files == 4
+    assert rows(second.scan_db, IDENTITY) == rows(first.scan_db, IDENTITY)
+    assert rows(second.scan_db, IDENTITY)[odd][0] == f"{inbound}/caf\\xe9 \\xff.mp3"
+    created = {p for (p,) in sqlite3.connect(second.scan_db).execute(
+        "SELECT path_bytes FROM scanned_files WHERE created_at = ?", (created_at(second.scan_db),))}
+    assert len(created) == 4  # each row is this scan's, the recalled ones included
+    # Their tags were never read again: text empty, numbers unknown.
+    tags_of = rows(second.scan_db, ("artist", "path_bytes", "title", "duration", "track_number", "warnings"))
+    assert set(tags_of.values()) == {("", p, "", None, None, "") for p in tags_of}
+
+
+def test_refusals_remembered_by_an_older_version_are_read_once_more(tmp_path):
+    """refusals.db is a cache: one written before it kept each file's display name is started
+    afresh, and the next scan reads those files again (once)."""
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    scans.mkdir()
+    old = sqlite3.connect(scans / "refusals.db")
+    old.execute("CREATE TABLE refusals (path_bytes BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
+                "ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, reason TEXT NOT NULL, file_hash TEXT NOT NULL, "
+                "first_refused INTEGER NOT NULL)")
+    st = os.stat(inbound / "junk.ogg")
+    old.execute("INSERT INTO refusals VALUES (?, ?, ?, ?, ?, 'corrupt or not audio: old', ?, 1)",
+                (os.fsencode(inbound / "junk.ogg"), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "0" * 64))
+    old.commit()
+    old.close()
+    scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    first, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and first.unchanged == 0
+    second, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3"] and second.unchanged == 2
+
+
 def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path, memory):
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, keep_scan_dbs=1)

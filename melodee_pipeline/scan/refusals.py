@@ -22,53 +22,87 @@ CREATE TABLE IF NOT EXISTS refusals (
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     reason TEXT NOT NULL,
     file_hash TEXT NOT NULL,
-    first_refused INTEGER NOT NULL  -- Unix seconds
+    first_refused INTEGER NOT NULL,  -- Unix seconds
+    file_path TEXT NOT NULL,         -- as the scan DB shows it: copied back unchanged, never re-derived
+    modified_time INTEGER
 )
 """
+# What a scan DB's row of a recalled file holds, from the remembered row (every other column keeps
+# its default: text '', numbers NULL, as for any file whose tags were not read).
+_COPIED = {
+    "file_path": "file_path", "path_bytes": "path_bytes", "file_size": "size", "file_hash": "file_hash",
+    "modified_time": "modified_time", "validation_error": "reason", "mtime_ns": "mtime_ns", "inode": "ino",
+    "ctime_ns": "ctime_ns", "refused_since": "first_refused",
+}
 
-
-IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~300 bytes each, ~6 MiB); more: a query a file
+IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~200 bytes each, ~4 MiB); more: a query a file
 
 
 class Refusals:
     def __init__(self, scan_db_dir: str):
         self.conn = sqlite3.connect(os.path.join(scan_db_dir, FILE), timeout=30)
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(refusals)")}
+        if have and "file_path" not in have:
+            # Written by an older version: it is only a cache, so it starts afresh (the next scan
+            # reads those leftovers once more).
+            self.conn.execute("DROP TABLE refusals")
         self.conn.execute(SCHEMA)
-        self.recalled = 0
+        self.recalled: list[bytes] = []
         # Most scans remember a few thousand refusals or none: one query, then a dict lookup per
         # file instead of a query per file.
         (self.count,) = self.conn.execute("SELECT count(*) FROM refusals").fetchone()
         self.known: dict[bytes, tuple] | None = None
         if self.count <= IN_MEMORY_MAX:
             self.known = {row[0]: row[1:] for row in self.conn.execute(
-                "SELECT path_bytes, size, mtime_ns, ino, ctime_ns, reason, file_hash, first_refused FROM refusals")}
+                "SELECT path_bytes, size, mtime_ns, ino, ctime_ns, reason FROM refusals")}
 
-    def recall(self, path: bytes, st: os.stat_result) -> tuple[str, str, int] | None:
-        """(reason, file_hash, first_refused) if `path` was refused and is unchanged since."""
+    def recall(self, path: bytes, st: os.stat_result) -> str | None:
+        """The reason `path` was refused, if it was and is unchanged since. `write_recalled` then
+        writes its row."""
         if self.known is not None:
             row = self.known.get(path)
-            found = row[4:] if row and row[:4] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) else None
+            found = row[4] if row and row[:4] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) else None
         else:
             found = self.conn.execute(
-                "SELECT reason, file_hash, first_refused FROM refusals "
-                "WHERE path_bytes = ? AND size = ? AND mtime_ns = ? AND ino = ? AND ctime_ns = ?",
-                (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
+                "SELECT reason FROM refusals WHERE path_bytes = ? AND size = ? AND mtime_ns = ? AND ino = ? "
+                "AND ctime_ns = ?", (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
             ).fetchone()
-        self.recalled += found is not None
+            found = found and found[0]
+        if found is not None:
+            self.recalled.append(path)
         return found
+
+    def write_recalled(self, scan_db: str, created_at: int) -> None:
+        """Write the rows of the files recalled this scan into `scan_db` (whose other writers have
+        committed), copied from what is remembered in one statement: built in Python and inserted
+        one by one, a row cost ~20 µs, most of what a leftover costs a run."""
+        if not self.recalled:
+            return
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS recalled (path_bytes BLOB PRIMARY KEY)")
+        self.conn.execute("DELETE FROM temp.recalled")
+        self.conn.executemany("INSERT OR IGNORE INTO temp.recalled VALUES (?)", ((p,) for p in self.recalled))
+        self.conn.execute("ATTACH DATABASE ? AS scan", (scan_db,))
+        try:
+            with self.conn:
+                self.conn.execute(
+                    f"INSERT OR REPLACE INTO scan.scanned_files ({', '.join(_COPIED)}, is_valid, created_at) "
+                    f"SELECT {', '.join(f'r.{c}' for c in _COPIED.values())}, 0, ? "
+                    "FROM main.refusals AS r JOIN temp.recalled USING (path_bytes)", (created_at,))
+        finally:
+            self.conn.execute("DETACH DATABASE scan")
 
     def replace(self, scan_db: str, refused: int) -> None:
         """Remember the refusals of the completed scan `scan_db` (`refused` of them), and only
         those. When each was recalled, unchanged, and nothing else is remembered, they already are."""
-        if refused == self.recalled == self.count:
+        if refused == len(self.recalled) == self.count:
             return
         self.conn.execute("ATTACH DATABASE ? AS scan", (scan_db,))
         try:
             with self.conn:
                 self.conn.execute("DELETE FROM main.refusals")
                 self.conn.execute(
-                    "INSERT INTO main.refusals SELECT path_bytes, file_size, mtime_ns, inode, ctime_ns, "
-                    "validation_error, file_hash, refused_since FROM scan.scanned_files "
+                    f"INSERT INTO main.refusals ({', '.join(_COPIED.values())}) "
+                    f"SELECT {', '.join(_COPIED)} FROM scan.scanned_files "
                     "WHERE is_valid = 0 AND mtime_ns IS NOT NULL AND substr(validation_error, 1, ?) != ?",
                     (len(INTERNAL_ERROR), INTERNAL_ERROR),
                 )

@@ -14,7 +14,7 @@ from melodee_pipeline.parallel import batched, bounded_map, process_pool
 from melodee_pipeline.progress import Progress
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.refusals import Refusals
-from melodee_pipeline.scan.tags import ROW_COLUMNS, as_tuple, display_path, file_row, read_media_files, sha256_file
+from melodee_pipeline.scan.tags import ROW_COLUMNS, display_path, read_media_files, sha256_file
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
 BATCH = 500  # rows per SQLite transaction
@@ -109,16 +109,16 @@ def scan_inbound(
             logger.info(f"scanned {files} files ({valid} valid) in {time.monotonic() - started:.1f}s")
 
     def to_read(entries):
-        """The files to read: a file refused before and unchanged since is recorded as it is."""
+        """The files to read. A file refused before and unchanged since is only counted here; its
+        row is copied from what is remembered once the reading is done (`write_recalled`)."""
         nonlocal unchanged
         for path, st in entries:
-            known = refusals.recall(path, st)
-            if known is None:
+            reason = refusals.recall(path, st)
+            if reason is None:
                 yield path, st
             else:
-                reason, file_hash, since = known
                 unchanged += 1
-                add(as_tuple({**file_row(path, st), "validation_error": reason, "file_hash": file_hash}), since)
+                reasons[reason_category(reason)] += 1
 
     entries = to_read(walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip, on_extra))
     pool = None
@@ -132,6 +132,9 @@ def scan_inbound(
             for row in chunk:
                 add(row, None if row[_VALID] else created_at)
         conn.executemany(_INSERT, batch)
+        conn.commit()
+        refusals.write_recalled(path, created_at)
+        files += unchanged
         seconds = time.monotonic() - started
         scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, unchanged=unchanged, skipped=skipped,
                         scan_seconds=f"{seconds:.3f}")
