@@ -420,6 +420,27 @@ def test_the_console_script_does_not_collect_garbage_while_it_imports(env, libs,
     assert report["frozen"] > 100_000, report  # dagster, sqlalchemy and the job are frozen
 
 
+def test_a_run_at_a_terminal_leaves_its_output_there_unless_dagster_yaml_says_otherwise(env, libs, capsys):
+    """Copying stdout/stderr into files for the UI starts `tail` and a Python watcher per stream
+    (~0.25 s a run): `run` leaves them on the terminal (run_once.instance_at_a_terminal), its
+    event log as complete as ever. A dagster.yaml of the user's that configures `compute_logs` wins."""
+    from melodee_pipeline.instance import MARKER
+
+    album(libs["inbound"], "Artist", "Album", 2000, ["One"])
+    assert main(["run"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    home = Path(env["MELODEE_HOME"]) / "dagster"
+    assert (home / "storage").is_dir() and not list(home.glob("storage/*/compute_logs"))
+    mine = home.parent / "my-logs"
+    (home / "dagster.yaml").write_text((home / "dagster.yaml").read_text().replace(MARKER, "# my instance") +
+                                       "compute_logs:\n  module: dagster._core.storage.local_compute_log_manager\n"
+                                       f"  class: LocalComputeLogManager\n  config:\n    base_dir: {mine}\n")
+    album(libs["inbound"], "Artist", "Second", 2001, ["One"])
+    assert main(["run"]) == 0
+    assert json.loads(capsys.readouterr().out)["files_moved"] == first["files_moved"] == 1
+    assert [p.suffix for p in sorted(mine.glob("*/compute_logs/*"))] == [".complete", ".err", ".out"]
+
+
 def test_held_dagster_connections_survive_postgres_dropping_them(env, libs, engine, monkeypatch):
     """A connection the pool holds that Postgres dropped meanwhile (a restart, an idle timeout)
     is replaced when next taken, not handed to Dagster dead."""
