@@ -85,8 +85,15 @@ def dagster_database_url() -> str:
     if url:
         return psycopg2_url(url)
     melodee = os.environ.get("MELODEE_DATABASE_URL")
-    if melodee:
-        return ensure_database(psycopg2_url(melodee), DAGSTER_DATABASE)
+    return _dagster_database(psycopg2_url(melodee) if melodee else None, str(melodee_home()))
+
+
+@lru_cache(maxsize=None)
+def _dagster_database(melodee_url: str | None, home: str) -> str:
+    """Checked (and created when missing) once a process per server: nothing drops it, and each
+    check is a connection or a psql run (~20 ms, twice a run)."""
+    if melodee_url:
+        return ensure_database(melodee_url, DAGSTER_DATABASE)
     return embedded_url(DAGSTER_DATABASE)
 
 
