@@ -12,6 +12,7 @@ from functools import partial
 import pytest
 
 from melodee_pipeline.samples import Tags, make_track, tag
+from melodee_pipeline.scan import refusals
 from melodee_pipeline.scan.scanner import scan_inbound
 from melodee_pipeline_tests import conftest
 from melodee_pipeline_tests.conftest import age
@@ -36,7 +37,6 @@ def created_at(scan_db: str) -> int:
 @pytest.fixture(params=["in memory", "one query a file"])
 def memory(request, monkeypatch):
     """Up to IN_MEMORY_MAX remembered refusals are looked up in a dict; beyond, one query a file."""
-    from melodee_pipeline.scan import refusals
 
     if request.param == "one query a file":
         monkeypatch.setattr(refusals, "IN_MEMORY_MAX", -1)
@@ -67,7 +67,7 @@ def test_unchanged_leftover_is_not_read_again_but_still_counted_and_listed(tmp_p
     row = sqlite3.connect(second.scan_db).execute(
         "SELECT file_hash, file_size, modified_time FROM scanned_files WHERE file_path LIKE '%no_title.flac'").fetchone()
     st = os.stat(inbound / "no_title.flac")
-    assert len(row[0]) == 64 and row[1:] == (st.st_size, int(st.st_mtime))
+    assert len(row[0]) == 64 and row[1:] == (st.st_size, st.st_mtime_ns // 10**9)
 
 
 def test_a_changed_leftover_is_read_again_at_once(tmp_path, memory):
@@ -122,9 +122,9 @@ def test_a_recalled_row_is_the_refusal_as_first_written_whatever_the_name(tmp_pa
     assert set(tags_of.values()) == {("", p, "", None, None, "") for p in tags_of}
 
 
-def test_refusals_remembered_by_an_older_version_are_read_once_more(tmp_path):
-    """refusals.db is a cache: one written before it kept each file's display name is started
-    afresh, and the next scan reads those files again (once)."""
+def test_refusals_an_older_version_remembered_are_left_to_it(tmp_path):
+    """An older version's refusals.db (before file_path and modified_time) is neither read nor
+    changed: that version, rolled back to, still works with it. This one reads those files once."""
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scans.mkdir()
     old = sqlite3.connect(scans / "refusals.db")
@@ -136,11 +136,49 @@ def test_refusals_remembered_by_an_older_version_are_read_once_more(tmp_path):
                 (os.fsencode(inbound / "junk.ogg"), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "0" * 64))
     old.commit()
     old.close()
+    before = (scans / "refusals.db").read_bytes()
     scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0)
     first, opened = opened_during(inbound, scan)
     assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and first.unchanged == 0
     second, opened = opened_during(inbound, scan)
     assert opened == ["good.mp3"] and second.unchanged == 2
+    assert (scans / "refusals.db").read_bytes() == before
+
+
+def test_a_scan_that_ends_while_another_reads_takes_nothing_from_it(tmp_path, memory, monkeypatch):
+    """What a scan recalls and what it copies come from one snapshot of the remembered refusals:
+    another scan of the same directory (`scan-inbound` beside a run) may replace them meanwhile."""
+
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    first = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
+    (tmp_path / "elsewhere").mkdir()
+    real = refusals.Refusals.write_recalled
+
+    def another_scan_first(self, scan_db, created_at):
+        monkeypatch.setattr(refusals.Refusals, "write_recalled", real)
+        other = scan_inbound(str(tmp_path / "elsewhere"), scans, workers=1, min_file_age_seconds=0)
+        assert other.files == 0  # it remembers no refusal now
+        return real(self, scan_db, created_at)
+
+    monkeypatch.setattr(refusals.Refusals, "write_recalled", another_scan_first)
+    second = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
+    assert (second.files, second.invalid, second.unchanged) == (3, 2, 2)
+    assert rows(second.scan_db, IDENTITY) == rows(first.scan_db, IDENTITY)
+
+
+def test_two_names_shown_alike_are_two_files(tmp_path):
+    """`display_path` spells the byte 0xE9 `\\xe9`, as a file may be named: two names, one shown
+    form. Each keeps its row (a valid track once lost its row to a refused neighbour's)."""
+    inbound, scans = tmp_path / "in", str(tmp_path / "scans")
+    make_track(str(inbound / "caf\\xe9.mp3"), Tags("A", "B", "T"))
+    with open(os.path.join(os.fsencode(inbound), b"caf\xe9.mp3"), "wb") as f:
+        f.write(b"\xff\xfb not really audio " * 40)
+    age(inbound)
+    for scan in range(2):  # read, then recalled
+        result = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
+        assert (result.files, result.valid, result.invalid, result.unchanged) == (2, 1, 1, scan)
+        shown = sqlite3.connect(result.scan_db).execute("SELECT file_path, is_valid FROM scanned_files ORDER BY is_valid")
+        assert shown.fetchall() == [(f"{inbound}/caf\\xe9.mp3", 0), (f"{inbound}/caf\\xe9.mp3", 1)]
 
 
 def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path, memory):
@@ -149,11 +187,11 @@ def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path, memo
     scan()
     second, opened = opened_during(inbound, scan)
     assert opened == ["good.mp3"] and len(list(scans.glob("scan_*.db"))) == 1
-    assert (scans / "refusals.db").exists()
+    assert (scans / refusals.FILE).exists()
     (inbound / "junk.ogg").unlink()
     third = scan()
     assert third.unchanged == 1
-    remembered = sqlite3.connect(scans / "refusals.db").execute("SELECT path_bytes, reason FROM refusals").fetchall()
+    remembered = sqlite3.connect(scans / refusals.FILE).execute("SELECT path_bytes, reason FROM refusals").fetchall()
     assert remembered == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
 
 

@@ -1,7 +1,7 @@
 """Remembered refusals: a file an earlier scan refused, unchanged since, is not read again.
 
 Every file that stays in inbound used to be read, hashed and refused again on every run (5,000
-leftovers: 63 s instead of 0.27 s). `refusals.db` sits beside the scan DBs, under a name their
+leftovers: 63 s instead of 0.27 s). `refusals-v2.db` sits beside the scan DBs, under a name their
 pruning never matches, and holds exactly the refusals of the last completed scan: a file that is
 gone or valid drops out, a file whose size, mtime, inode or ctime changed is read again at once
 (ctime catches a chmod that makes an unreadable file readable). A file our own code failed on
@@ -15,9 +15,12 @@ import sqlite3
 
 from melodee_pipeline.scan.tags import INTERNAL_ERROR
 
-FILE = "refusals.db"
+# v2 added file_path and modified_time. A new name, so that an older version (a rollback, a second
+# install sharing the directory) keeps its own `refusals.db` instead of failing on these columns;
+# the first scan with v2 reads the leftovers once more.
+FILE = "refusals-v2.db"
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS refusals (
+CREATE TABLE IF NOT EXISTS {table} (
     path_bytes BLOB PRIMARY KEY,
     size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
     reason TEXT NOT NULL,
@@ -41,20 +44,20 @@ IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~200 bytes each, ~
 class Refusals:
     def __init__(self, scan_db_dir: str):
         self.conn = sqlite3.connect(os.path.join(scan_db_dir, FILE), timeout=30)
-        have = {row[1] for row in self.conn.execute("PRAGMA table_info(refusals)")}
-        if have and "file_path" not in have:
-            # Written by an older version: it is only a cache, so it starts afresh (the next scan
-            # reads those leftovers once more).
-            self.conn.execute("DROP TABLE refusals")
-        self.conn.execute(SCHEMA)
+        self.conn.execute(SCHEMA.format(table="main.refusals"))
+        # What this scan recalls and later copies comes from one snapshot: another scan sharing
+        # the directory may replace refusals-v2.db meanwhile (`scan-inbound` beside a run).
+        self.conn.execute(SCHEMA.format(table="temp.snapshot"))
+        with self.conn:
+            self.conn.execute("INSERT INTO temp.snapshot SELECT * FROM main.refusals")
         self.recalled: list[bytes] = []
         # Most scans remember a few thousand refusals or none: one query, then a dict lookup per
         # file instead of a query per file.
-        (self.count,) = self.conn.execute("SELECT count(*) FROM refusals").fetchone()
+        (self.count,) = self.conn.execute("SELECT count(*) FROM temp.snapshot").fetchone()
         self.known: dict[bytes, tuple] | None = None
         if self.count <= IN_MEMORY_MAX:
             self.known = {row[0]: row[1:] for row in self.conn.execute(
-                "SELECT path_bytes, size, mtime_ns, ino, ctime_ns, reason FROM refusals")}
+                "SELECT path_bytes, size, mtime_ns, ino, ctime_ns, reason FROM temp.snapshot")}
 
     def recall(self, path: bytes, st: os.stat_result) -> str | None:
         """The reason `path` was refused, if it was and is unchanged since. `write_recalled` then
@@ -64,7 +67,7 @@ class Refusals:
             found = row[4] if row and row[:4] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) else None
         else:
             found = self.conn.execute(
-                "SELECT reason FROM refusals WHERE path_bytes = ? AND size = ? AND mtime_ns = ? AND ino = ? "
+                "SELECT reason FROM temp.snapshot WHERE path_bytes = ? AND size = ? AND mtime_ns = ? AND ino = ? "
                 "AND ctime_ns = ?", (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
             ).fetchone()
             found = found and found[0]
@@ -87,7 +90,7 @@ class Refusals:
                 self.conn.execute(
                     f"INSERT OR REPLACE INTO scan.scanned_files ({', '.join(_COPIED)}, is_valid, created_at) "
                     f"SELECT {', '.join(f'r.{c}' for c in _COPIED.values())}, 0, ? "
-                    "FROM main.refusals AS r JOIN temp.recalled USING (path_bytes)", (created_at,))
+                    "FROM temp.snapshot AS r JOIN temp.recalled USING (path_bytes)", (created_at,))
         finally:
             self.conn.execute("DETACH DATABASE scan")
 

@@ -21,8 +21,9 @@ from melodee_pipeline.errors import UserError
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scanned_files (
     id INTEGER PRIMARY KEY,
-    file_path TEXT NOT NULL UNIQUE,      -- display form (undecodable bytes backslash-escaped)
-    path_bytes BLOB NOT NULL,            -- the exact file name, used for every file operation
+    file_path TEXT NOT NULL,             -- display form (undecodable bytes backslash-escaped): two
+                                         -- names can share one (`caf\xe9` spelt out, and 0xE9)
+    path_bytes BLOB NOT NULL UNIQUE,     -- the exact file name, used for every file operation
     file_size INTEGER,
     file_hash TEXT NOT NULL DEFAULT '',
     modified_time INTEGER,               -- Unix seconds
