@@ -546,7 +546,7 @@ def _password(url: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     """Run one command. `own_process`: this process exists for the command (the console script,
-    `python -m`), so its garbage collector is tuned for it (see `_imports_done`)."""
+    `python -m melodee_pipeline.cli`), so its garbage collector is tuned for it (see `_imports_done`)."""
     if own_process:
         gc.disable()
     try:

@@ -164,7 +164,7 @@ def test_scan_db_has_go_column_types_and_scan_id_is_its_file_name(tmp_path):
     types = dict(conn.execute("SELECT name, type FROM pragma_table_info('scanned_files')"))
     assert types["modified_time"] == types["created_at"] == "INTEGER"
     for path, modified, created in conn.execute("SELECT file_path, modified_time, created_at FROM scanned_files"):
-        assert modified == int(os.stat(path).st_mtime) and before <= created <= time.time()
+        assert modified == os.stat(path).st_mtime_ns // 10**9 and before <= created <= time.time()
     text = [n for n, t in types.items() if t == "TEXT"]
     nulls = conn.execute(f"SELECT {' + '.join(f'({c} IS NULL)' for c in text)} FROM scanned_files").fetchall()
     assert nulls == [(0,), (0,)]
