@@ -188,9 +188,11 @@ def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path, memo
     second, opened = opened_during(inbound, scan)
     assert opened == ["good.mp3"] and len(list(scans.glob("scan_*.db"))) == 1
     assert (scans / refusals.FILE).exists()
+    as_second = {p: r for p, r in rows(second.scan_db, IDENTITY).items() if p.endswith(b"no_title.flac")}
     (inbound / "junk.ogg").unlink()
     third = scan()
     assert third.unchanged == 1
+    assert rows(third.scan_db, IDENTITY) == as_second  # one of the two recalled: its row alone is copied
     remembered = sqlite3.connect(scans / refusals.FILE).execute("SELECT path_bytes, reason FROM refusals").fetchall()
     assert remembered == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
 

@@ -81,16 +81,22 @@ class Refusals:
         one by one, a row cost ~20 µs, most of what a leftover costs a run."""
         if not self.recalled:
             return
-        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS recalled (path_bytes BLOB PRIMARY KEY)")
-        self.conn.execute("DELETE FROM temp.recalled")
-        self.conn.executemany("INSERT OR IGNORE INTO temp.recalled VALUES (?)", ((p,) for p in self.recalled))
+        source = "temp.snapshot AS r"
+        if len(self.recalled) < self.count:  # else each remembered file was recalled (each once)
+            self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS recalled (path_bytes BLOB PRIMARY KEY)")
+            with self.conn:
+                self.conn.execute("DELETE FROM temp.recalled")
+                self.conn.executemany("INSERT OR IGNORE INTO temp.recalled VALUES (?)", ((p,) for p in self.recalled))
+            source += " JOIN temp.recalled USING (path_bytes)"
         self.conn.execute("ATTACH DATABASE ? AS scan", (scan_db,))
         try:
+            # As scandb.connect sets it: an attached database commits with FULL, an fsync (~20 ms).
+            self.conn.execute("PRAGMA scan.synchronous = NORMAL")
             with self.conn:
                 self.conn.execute(
                     f"INSERT OR REPLACE INTO scan.scanned_files ({', '.join(_COPIED)}, is_valid, created_at) "
                     f"SELECT {', '.join(f'r.{c}' for c in _COPIED.values())}, 0, ? "
-                    "FROM temp.snapshot AS r JOIN temp.recalled USING (path_bytes)", (created_at,))
+                    f"FROM {source}", (created_at,))
         finally:
             self.conn.execute("DETACH DATABASE scan")
 
