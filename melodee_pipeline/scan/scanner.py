@@ -18,7 +18,10 @@ from melodee_pipeline.scan.tags import ROW_COLUMNS, Identity, display_path, read
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
 BATCH = 5000  # rows per SQLite transaction (500: ~30% more a row)
-TASK_FILES, TASK_BYTES = 64, 16 << 20  # per worker task: many small files or a few large ones
+# Per worker task: many small files or a few large ones. Each task costs the run's own process CPU
+# that the workers, filling the cores, need: on 10k small files, 64 -> 128 -> 256 files a task each
+# gave ~4% more files/s (512: no more).
+TASK_FILES, TASK_BYTES = 256, 16 << 20
 COLUMNS = (*ROW_COLUMNS, "refused_since", "created_at")
 _INSERT = f"INSERT OR REPLACE INTO scanned_files ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _VALID, _ERROR = ROW_COLUMNS.index("is_valid"), ROW_COLUMNS.index("validation_error")
