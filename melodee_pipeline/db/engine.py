@@ -90,8 +90,9 @@ def dagster_database_url() -> str:
 
 @lru_cache(maxsize=None)
 def _dagster_database(melodee_url: str | None, home: str) -> str:
-    """Checked (and created when missing) once a process per server: nothing drops it, and each
-    check is a connection or a psql run (~20 ms, twice a run)."""
+    """Checked (and created when missing) once a process per server (`melodee_url`'s, or the
+    embedded one under `home`): nothing drops it, and each check is a connection or a psql run
+    (~20 ms, twice a run)."""
     if melodee_url:
         return ensure_database(melodee_url, DAGSTER_DATABASE)
     return embedded_url(DAGSTER_DATABASE)

@@ -38,7 +38,7 @@ _COPIED = {
     "ctime_ns": "ctime_ns", "refused_since": "first_refused",
 }
 
-IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~200 bytes each, ~4 MiB); more: a query a file
+IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~450 bytes each, ~9 MiB); more: a query a file
 
 
 class Refusals:
