@@ -166,6 +166,36 @@ def test_a_scan_that_ends_while_another_reads_takes_nothing_from_it(tmp_path, me
     assert rows(second.scan_db, IDENTITY) == rows(first.scan_db, IDENTITY)
 
 
+def test_a_name_the_listing_repeats_copies_no_other_refusal(tmp_path, memory, monkeypatch):
+    """A directory listing may return a name twice (a rename racing readdir, network filesystems).
+    Recalled twice, a leftover must still count once when deciding whether every remembered
+    refusal was recalled: else the copy takes the stale refusal of a file just read again, valid."""
+    from melodee_pipeline.scan import scanner
+
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+    scan()
+    tag(str(inbound / "no_title.flac"), Tags(title="Now Titled"))
+    past = time.time() - 3600
+    os.utime(inbound / "no_title.flac", (past, past))
+    real = scanner.walk_inbound
+
+    def junk_twice(*args, **kwargs):
+        for path, st in real(*args, **kwargs):
+            yield path, st
+            if path.endswith(b"junk.ogg"):
+                yield path, st
+
+    monkeypatch.setattr(scanner, "walk_inbound", junk_twice)
+    second = scan()
+    valid = {os.path.basename(p) for (p,) in sqlite3.connect(second.scan_db).execute(
+        "SELECT file_path FROM scanned_files WHERE is_valid = 1")}
+    assert valid == {"good.mp3", "no_title.flac"}
+    assert set(refused(second.scan_db)) == {"junk.ogg"}
+    remembered = sqlite3.connect(os.path.join(scans, refusals.FILE)).execute("SELECT path_bytes FROM refusals")
+    assert [os.path.basename(p) for (p,) in remembered] == [b"junk.ogg"]
+
+
 def test_two_names_shown_alike_are_two_files(tmp_path):
     """`display_path` spells the byte 0xE9 `\\xe9`, as a file may be named: two names, one shown
     form. Each keeps its row (a valid track once lost its row to a refused neighbour's)."""

@@ -50,7 +50,7 @@ class Refusals:
         self.conn.execute(SCHEMA.format(table="temp.snapshot"))
         with self.conn:
             self.conn.execute("INSERT INTO temp.snapshot SELECT * FROM main.refusals")
-        self.recalled: list[bytes] = []
+        self.recalled: dict[bytes, None] = {}  # distinct, in walk order: a listing may repeat a name
         # Most scans remember a few thousand refusals or none: one query, then a dict lookup per
         # file instead of a query per file.
         (self.count,) = self.conn.execute("SELECT count(*) FROM temp.snapshot").fetchone()
@@ -72,7 +72,7 @@ class Refusals:
             ).fetchone()
             found = found and found[0]
         if found is not None:
-            self.recalled.append(path)
+            self.recalled[path] = None
         return found
 
     def write_recalled(self, scan_db: str, created_at: int) -> None:
