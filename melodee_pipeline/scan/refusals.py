@@ -86,7 +86,7 @@ class Refusals:
             self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS recalled (path_bytes BLOB PRIMARY KEY)")
             with self.conn:
                 self.conn.execute("DELETE FROM temp.recalled")
-                self.conn.executemany("INSERT OR IGNORE INTO temp.recalled VALUES (?)", ((p,) for p in self.recalled))
+                self.conn.executemany("INSERT INTO temp.recalled VALUES (?)", ((p,) for p in self.recalled))
             source += " JOIN temp.recalled USING (path_bytes)"
         self.conn.execute("ATTACH DATABASE ? AS scan", (scan_db,))
         try:
