@@ -8,6 +8,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from melodee_pipeline.grouping import album_group_hash, album_group_id
+from melodee_pipeline.scan.walk import MEDIA_EXTENSIONS, is_media
 from melodee_pipeline.staging.paths import sanitize_component, track_file_name
 from melodee_pipeline.staging.plan import DirectoryClaims, build_album
 
@@ -82,3 +83,12 @@ def test_the_plain_name_shortcut_agrees_with_pathvalidate(text, ext):
     assert sanitize_component(text, ext) == reference
     if paths._is_plain(text):
         assert sanitize_filename(text, platform="universal") == text
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=4) | st.sampled_from([b"", b".", b"..", b"a", b".a", b"a.", b"..a"]),
+       st.sampled_from(sorted(MEDIA_EXTENSIONS) + [b".txt", b"", b".", b".mp", b"mp3"]), st.booleans())
+def test_is_media_is_splitext_by_extension(stem, ext, upper):
+    """The walk's fast test decides as `os.path.splitext` would: `.mp3` alone has no extension."""
+    name = stem.replace(b"/", b"_") + (ext.upper() if upper else ext)
+    assert is_media(name) == (os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS), name

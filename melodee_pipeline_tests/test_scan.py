@@ -66,6 +66,9 @@ def test_invalid_files_are_recorded_with_reason_and_left_untouched(tmp_path):
     assert reasons["empty.mp3"] == "empty file"
     assert reasons["text.flac"].startswith("corrupt or not audio")
     assert reasons["truncated.flac"].startswith("corrupt or not audio")
+    # mutagen names the file in its message; the reason is shown and stored beside the path
+    assert reasons["text.flac"] == "corrupt or not audio: UnreadableFileError: the file is not a valid FLAC file"
+    assert not [r for r in reasons.values() if str(inbound) in r]
     assert got["albumartist_only.ogg"]["is_valid"] == 1  # album artist stands in for artist
     assert got["full.flac"]["is_valid"] == 1
     assert {p.name: p.read_bytes() for p in inbound.iterdir()} == before

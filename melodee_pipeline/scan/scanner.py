@@ -111,6 +111,8 @@ def scan_inbound(
         if progress.due():
             logger.info(f"scanned {files} files ({valid} valid) in {time.monotonic() - started:.1f}s")
 
+    recalled: Counter = Counter()  # reason -> files: most leftovers share a few reasons
+
     def to_read(entries):
         """The files to read. A file refused before and unchanged since is only counted here; its
         row is copied from what is remembered once the reading is done (`write_recalled`)."""
@@ -121,7 +123,7 @@ def scan_inbound(
                 yield path, Identity.of(st)
             else:
                 unchanged += 1
-                reasons[reason_category(reason)] += 1
+                recalled[reason] += 1
 
     entries = to_read(walk_inbound(inbound, min_file_age_seconds, time.time(), on_skip, on_extra))
     pool = None
@@ -138,6 +140,8 @@ def scan_inbound(
         conn.commit()
         refusals.write_recalled(path, created_at)
         files += unchanged
+        for reason, n in recalled.items():
+            reasons[reason_category(reason)] += n
         seconds = time.monotonic() - started
         scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, unchanged=unchanged, skipped=skipped,
                         scan_seconds=f"{seconds:.3f}")
@@ -148,15 +152,18 @@ def scan_inbound(
             pool.shutdown(cancel_futures=True)
         conn.close()
         refusals.close()
+    removed = scandb.prune(scan_db_dir, keep_scan_dbs, path) if keep_scan_dbs else []
+    # One event for the scan, refusals or not: in Dagster each costs a Postgres round trip or more.
+    lines = [f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped "
+             f"in {seconds:.1f}s -> {path}"]
     if files - valid:
         listed = ", ".join(f"{reason} ({n})" for reason, n in reasons.most_common())
         again = f"; {unchanged} of them unchanged since an earlier scan, not read again" if unchanged else ""
-        logger.warning(f"refused {files - valid} files: {listed}{again}")
+        lines.append(f"refused {files - valid} files: {listed}{again}")
     if skips:
         listed = ", ".join(f"{reason} ({paths} paths, {n} files)" for reason, (paths, n) in skips.items())
-        logger.info(f"skipped {skipped} files: {listed}")
-    removed = scandb.prune(scan_db_dir, keep_scan_dbs, path) if keep_scan_dbs else []
+        lines.append(f"skipped {skipped} files: {listed}")
     if removed:
-        logger.info(f"deleted {len(removed)} old scan DBs: {', '.join(removed)}")
-    logger.info(f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped in {seconds:.1f}s -> {path}")
+        lines.append(f"deleted {len(removed)} old scan DBs: {', '.join(removed)}")
+    logger.log(logging.WARNING if files - valid else logging.INFO, "\n".join(lines))
     return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds, unchanged)

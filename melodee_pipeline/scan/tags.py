@@ -181,7 +181,8 @@ def read_media_file(path: bytes, st: os.stat_result | Identity | None = None) ->
         return row
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
         verdict = "corrupt or not audio" if _from_parser(exc) else INTERNAL_ERROR
-        row["validation_error"] = storable(_CONTROL.sub("", f"{verdict}: {type(exc).__name__}: {exc}"))[:500]
+        detail = _without_name(str(exc), os.fsdecode(path))
+        row["validation_error"] = storable(_CONTROL.sub("", f"{verdict}: {type(exc).__name__}: {detail}"))[:500]
         return row
     problems = []
     if not length > 0:  # NaN included
@@ -195,6 +196,14 @@ def read_media_file(path: bytes, st: os.stat_result | Identity | None = None) ->
     row["is_valid"] = 0 if problems else 1
     row["validation_error"] = "; ".join(problems)
     return row
+
+
+def _without_name(message: str, name: str) -> str:
+    """mutagen's message without the file's name, which the reason is always shown beside (and
+    stored beside, for every leftover of every scan): `/in/x.mp3: can't sync to MPEG frame`."""
+    if message.startswith(name + ": "):
+        message = message[len(name) + 2:]
+    return message.replace(repr(name), "the file")
 
 
 def _from_parser(exc: BaseException) -> bool:
