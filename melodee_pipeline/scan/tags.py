@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import mediafile
 
+from melodee_pipeline.scan.mediaopen import open_media
+
 CHUNK = 1 << 20
 IN_MEMORY_BYTES = 4 << 20  # smaller files are read once for hash and tags; larger ones are streamed
 TAG_MAX = 9999  # track, disc and year beyond this are nonsense (or an attack), treated as missing
@@ -172,10 +174,11 @@ def read_media_file(path: bytes, st: os.stat_result | Identity | None = None) ->
             row["file_hash"] = hashlib.sha256(data).hexdigest()
             source = io.BytesIO(data)
             source.name = os.fsdecode(path)  # mutagen weighs the extension when guessing the format
+            opened = open_media(source)
         else:
             row["file_hash"] = sha256_file(path)
-            source = os.fsdecode(path)
-        length = _read_tags(mediafile.MediaFile(source), row)
+            opened = mediafile.MediaFile(os.fsdecode(path))
+        length = _read_tags(opened, row)
     except OSError as exc:
         row["validation_error"] = storable(f"unreadable: {exc.strerror or exc}")
         return row
