@@ -175,3 +175,23 @@ def test_a_source_rewritten_while_it_is_staged_keeps_its_inbound_name(tmp_path):
         assert any("changed while it was staged" in w for w in doc["validation"]["warnings"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def test_resolved_is_realpath(tmp_path):
+    """`ensure_inside` resolves through the kernel: the same answer as os.path.realpath, for
+    symlinks inside and out, `..`, trailing slashes, a symlink loop and paths not made yet."""
+    from melodee_pipeline.staging.paths import ensure_inside, resolved
+    from melodee_pipeline.errors import UserError
+
+    root = tmp_path / "staging"
+    (root / "A" / "Artist").mkdir(parents=True)
+    (root / "inside").symlink_to(root / "A")
+    (root / "A" / "Artist" / "out").symlink_to(tmp_path)
+    (root / "loop").symlink_to(root / "loop")
+    cases = [root, root / "A" / "Artist", root / "inside" / "Artist", f"{root}/A/Artist/../Artist/",
+             root / "A" / "Artist" / "out", root / "A" / "new" / "album", root / "loop", f"{root}/A/./Artist//"]
+    for path in map(str, cases):
+        assert resolved(path) == os.path.realpath(path), path
+    ensure_inside(str(root), str(root / "inside" / "Artist"))
+    with pytest.raises(UserError, match="outside the staging root"):
+        ensure_inside(str(root), str(root / "A" / "Artist" / "out" / "x"))

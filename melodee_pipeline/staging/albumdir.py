@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 
 from melodee_pipeline.staging import sidecar as sc
@@ -26,9 +27,10 @@ class Written:
 
 
 def is_regular(path: str) -> bool:
+    """A regular file, not a symlink to one: one lstat."""
     try:
-        return os.path.isfile(path) and not os.path.islink(path)
-    except OSError:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):  # ValueError: a NUL in a name from a hand-edited sidecar
         return False
 
 

@@ -77,10 +77,6 @@ def regular_file_sha256(path: str | bytes) -> str | None:
         return h.hexdigest()
 
 
-def is_cross_device(src: bytes | str, staging_root: str) -> bool:
-    return os.stat(src, follow_symlinks=False).st_dev != os.stat(staging_root).st_dev
-
-
 def place(src: bytes | str, dst: str, expected_sha256: str, tmp_dir: str) -> None:
     """Give the bytes of `src` the name `dst`; the source stays. FileExistsError if `dst` exists."""
     try:

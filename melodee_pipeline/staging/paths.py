@@ -96,12 +96,28 @@ def with_suffix_number(name: str, n: int) -> str:
     return truncate_utf8(stem, MAX_COMPONENT_BYTES - len((suffix + ext).encode())) + suffix + ext
 
 
-def ensure_inside(root: str, path: str) -> str:
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
+def resolved(path: str) -> str:
+    """`os.path.realpath(path)`. An existing path is resolved by the kernel: opened (O_PATH), its
+    name read back from /proc, three calls where realpath makes one lstat a component and its
+    string work (~25 µs for an album directory; staging asks four times an album). Anything else
+    (a path not made yet, no /proc) goes to realpath."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except (OSError, AttributeError):  # AttributeError: no O_PATH (not Linux)
+        return os.path.realpath(path)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+    finally:
+        os.close(fd)
+    return real if real.startswith("/") else os.path.realpath(path)  # a pseudo-name ("anon_inode:…"): no
+
+
+def ensure_inside(root: str, path: str) -> None:
+    real_root, real = resolved(root), resolved(path)
     if real != real_root and not real.startswith(real_root + os.sep):
         raise UserError(f"refusing to write {path}: it resolves to {real}, outside the staging root {root}")
-    return real
 
 
 def name_key(name: str) -> str:

@@ -26,7 +26,7 @@ from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.albumdir import is_regular, write_sidecar
 from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
-    DISK_FULL, free_bytes, fsync_dir, is_cross_device, makedirs_durable, place, regular_file_sha256, unlink_if_same,
+    DISK_FULL, free_bytes, fsync_dir, makedirs_durable, place, regular_file_sha256, unlink_if_same,
 )
 from melodee_pipeline.staging.paths import ensure_inside, name_key, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album
@@ -190,7 +190,13 @@ def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior:
 
 def _check_space(root: str, album_dir: str, moving: list[FileAction]) -> None:
     """A full staging filesystem is a run-level condition: refuse an album that cannot fit."""
-    need = sum(a.size for a in moving if os.path.lexists(a.source) and is_cross_device(a.source, root))
+    root_dev, need = os.stat(root).st_dev, 0
+    for a in moving:  # one lstat a file: the album's ten sources cost thirty before
+        try:
+            if os.lstat(a.source).st_dev != root_dev:  # a copy, not a link: it takes space
+                need += a.size
+        except OSError:
+            continue  # gone: `place` reports it
     if not need:
         return
     free = free_bytes(album_dir)

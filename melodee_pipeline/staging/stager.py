@@ -223,5 +223,6 @@ def stage_in_worker(spec: _Spec, albums: list[Album]) -> tuple[list[AlbumOutcome
 
 
 def _portable(album: Album) -> Album:
-    """A copy a worker process can receive: scan DB rows as dicts (sqlite3.Row does not pickle)."""
-    return dataclasses.replace(album, files=[dict(r) for r in album.files], extras=[dict(r) for r in album.extras])
+    """A copy a worker process can receive: its extras as dicts (sqlite3.Row does not pickle); its
+    files are dicts already (`iter_albums`)."""
+    return dataclasses.replace(album, extras=[dict(r) for r in album.extras])
