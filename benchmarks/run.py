@@ -116,6 +116,24 @@ def write_leftovers(inbound: Path, count: int) -> None:
     untitled.unlink()
 
 
+def bare_walk(path: Path) -> float:
+    """Seconds a fresh process takes to list `path` and lstat every file in it: the floor of what a
+    run spends on leftovers, whose stat is how a changed one is noticed."""
+    code = """if True:
+        import os, sys, time
+        t, stack = time.monotonic(), [sys.argv[1]]
+        while stack:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        e.stat(follow_symlinks=False)
+        print(time.monotonic() - t)"""
+    time.sleep(1)  # as long as a run takes to reach its scan
+    return float(subprocess.run([PY, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout)
+
+
 def run_durations(m: "Melodee", times: int) -> float:
     """Median of the runs' own durations (their summary: scan start to rows written)."""
     return statistics.median(m.run()[2]["duration"] for _ in range(times))
@@ -137,6 +155,9 @@ def real_install(home: Path, workers: int, staged: int, leftovers: int, times: i
         left = run_durations(m, times)
         print(f"  {leftovers} refused leftovers in inbound: first run {first['duration']:.2f}s (reads them), then "
               f"{left:.2f}s: {left / clean:.2f}x the clean run (target <= 1.5x)")
+        floor = statistics.median(bare_walk(m.inbound) for _ in range(times))
+        print(f"    the bare walk of them in a fresh process (scandir, lstat each: how a changed one is noticed): "
+              f"{floor:.2f}s, {floor / clean:.2f}x the clean run's duration")
         shutil.rmtree(m.inbound / "leftovers")
     if staged:
         t = time.monotonic()
