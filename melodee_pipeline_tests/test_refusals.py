@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 
 from melodee_pipeline.samples import Tags, make_track, tag
-from melodee_pipeline.scan import refusals
+from melodee_pipeline.scan import refusals, scanner
 from melodee_pipeline.scan.scanner import scan_inbound
 from melodee_pipeline_tests import conftest
 from melodee_pipeline_tests.conftest import age
@@ -122,27 +122,31 @@ def test_a_recalled_row_is_the_refusal_as_first_written_whatever_the_name(tmp_pa
     assert set(tags_of.values()) == {("", p, "", None, None, "") for p in tags_of}
 
 
-def test_refusals_an_older_version_remembered_are_left_to_it(tmp_path):
-    """An older version's refusals.db (before file_path and modified_time) is neither read nor
-    changed: that version, rolled back to, still works with it. This one reads those files once."""
+@pytest.mark.parametrize("name", ["refusals.db", "refusals-v2.db"])
+def test_refusals_an_older_version_remembered_are_left_to_it(tmp_path, name):
+    """An older version's file (v1: before file_path and modified_time; v2: reasons that repeat
+    the file's name) is neither read nor changed: that version, rolled back to, still works with
+    it. This one reads those files once."""
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scans.mkdir()
-    old = sqlite3.connect(scans / "refusals.db")
+    old = sqlite3.connect(scans / name)
+    v2 = ", file_path TEXT NOT NULL, modified_time INTEGER" if name == "refusals-v2.db" else ""
     old.execute("CREATE TABLE refusals (path_bytes BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
                 "ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, reason TEXT NOT NULL, file_hash TEXT NOT NULL, "
-                "first_refused INTEGER NOT NULL)")
+                f"first_refused INTEGER NOT NULL{v2})")
     st = os.stat(inbound / "junk.ogg")
-    old.execute("INSERT INTO refusals VALUES (?, ?, ?, ?, ?, 'corrupt or not audio: old', ?, 1)",
-                (os.fsencode(inbound / "junk.ogg"), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "0" * 64))
+    old.execute(f"INSERT INTO refusals VALUES (?, ?, ?, ?, ?, 'corrupt or not audio: old', ?, 1{', ?, 1' if v2 else ''})",
+                (os.fsencode(inbound / "junk.ogg"), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "0" * 64,
+                 *([str(inbound / "junk.ogg")] if v2 else [])))
     old.commit()
     old.close()
-    before = (scans / "refusals.db").read_bytes()
+    before = (scans / name).read_bytes()
     scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0)
     first, opened = opened_during(inbound, scan)
     assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and first.unchanged == 0
     second, opened = opened_during(inbound, scan)
     assert opened == ["good.mp3"] and second.unchanged == 2
-    assert (scans / "refusals.db").read_bytes() == before
+    assert (scans / name).read_bytes() == before
 
 
 def test_a_scan_that_ends_while_another_reads_takes_nothing_from_it(tmp_path, memory, monkeypatch):
@@ -335,3 +339,38 @@ def test_a_bug_in_our_own_code_is_not_a_corrupt_file_and_is_not_remembered(tmp_p
     second, opened = opened_during(inbound, scan)  # the bug fixed
     assert opened == ["good.mp3", "no_title.flac"]  # read again; junk.ogg stays remembered
     assert second.valid == 1 and "good.mp3" not in refused(second.scan_db)
+
+
+def test_the_snapshot_is_in_memory_only_while_the_refusals_are_few(tmp_path, monkeypatch):
+    """A million remembered refusals must not sit in memory for the whole scan: past
+    IN_MEMORY_MAX the snapshot is a temp file, as the lookups are queries."""
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)  # remembers 2
+    temp_store = {}
+    for limit in (2, 1):
+        monkeypatch.setattr(refusals, "IN_MEMORY_MAX", limit)
+        r = refusals.Refusals(str(scans))
+        temp_store[limit] = (r.conn.execute("PRAGMA temp_store").fetchone()[0], r.known is not None)
+        r.close()
+    assert temp_store == {2: (2, True), 1: (0, False)}  # 2: MEMORY; 0: the default, a file
+
+
+def test_a_scan_db_that_cannot_be_pruned_is_a_line_of_the_report_not_a_failure(tmp_path, monkeypatch):
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+
+    def gone(*args):
+        raise FileNotFoundError(2, "No such file or directory", "scan_x.db")  # pruned by a scan beside this one
+
+    monkeypatch.setattr(scanner.scandb, "prune", gone)
+    logger = logging.getLogger("test_refusals.prune")
+    logger.setLevel(logging.INFO)
+    handler = Records()
+    logger.addHandler(handler)
+    try:
+        result = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    assert result.invalid == 2
+    [message] = handler.messages
+    assert message.splitlines()[1].startswith("refused 2 files")
+    assert message.splitlines()[-1] == "could not delete old scan DBs: [Errno 2] No such file or directory: 'scan_x.db'"

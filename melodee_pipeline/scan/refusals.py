@@ -1,7 +1,7 @@
 """Remembered refusals: a file an earlier scan refused, unchanged since, is not read again.
 
 Every file that stays in inbound used to be read, hashed and refused again on every run (5,000
-leftovers: 63 s instead of 0.27 s). `refusals-v2.db` sits beside the scan DBs, under a name their
+leftovers: 63 s instead of 0.27 s). `refusals-v3.db` sits beside the scan DBs, under a name their
 pruning never matches, and holds exactly the refusals of the last completed scan: a file that is
 gone or valid drops out, a file whose size, mtime, inode or ctime changed is read again at once
 (ctime catches a chmod that makes an unreadable file readable). A file our own code failed on
@@ -15,10 +15,11 @@ import sqlite3
 
 from melodee_pipeline.scan.tags import INTERNAL_ERROR
 
-# v2 added file_path and modified_time. A new name, so that an older version (a rollback, a second
-# install sharing the directory) keeps its own `refusals.db` instead of failing on these columns;
-# the first scan with v2 reads the leftovers once more.
-FILE = "refusals-v2.db"
+# v2 added file_path and modified_time; v3 remembers reasons without the file's name (a v2 reason
+# would be copied into every scan DB as it was, name and all). A new name each time, so that an
+# older version (a rollback, a second install sharing the directory) keeps its own file instead of
+# failing on these columns; the first scan with v3 reads the leftovers once more.
+FILE = "refusals-v3.db"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
     path_bytes BLOB PRIMARY KEY,
@@ -44,10 +45,14 @@ IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~450 bytes each, ~
 class Refusals:
     def __init__(self, scan_db_dir: str):
         self.conn = sqlite3.connect(os.path.join(scan_db_dir, FILE), timeout=30)
-        self.conn.execute("PRAGMA temp_store = MEMORY")  # the snapshot: a temp file would cost ~1 µs a row more
         self.conn.execute(SCHEMA.format(table="main.refusals"))
+        # The snapshot in memory (a temp file costs ~1 µs a row more) only as long as the dict of
+        # them is: a million remembered refusals would hold ~450 MB there for the whole scan.
+        (remembered,) = self.conn.execute("SELECT count(*) FROM main.refusals").fetchone()
+        if remembered <= IN_MEMORY_MAX:
+            self.conn.execute("PRAGMA temp_store = MEMORY")
         # What this scan recalls and later copies comes from one snapshot: another scan sharing
-        # the directory may replace refusals-v2.db meanwhile (`scan-inbound` beside a run).
+        # the directory may replace refusals-v3.db meanwhile (`scan-inbound` beside a run).
         self.conn.execute(SCHEMA.format(table="temp.snapshot"))
         with self.conn:
             self.conn.execute("INSERT INTO temp.snapshot SELECT * FROM main.refusals")

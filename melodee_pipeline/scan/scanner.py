@@ -152,7 +152,12 @@ def scan_inbound(
             pool.shutdown(cancel_futures=True)
         conn.close()
         refusals.close()
-    removed = scandb.prune(scan_db_dir, keep_scan_dbs, path) if keep_scan_dbs else []
+    removed, prune_error = [], None
+    try:
+        if keep_scan_dbs:
+            removed = scandb.prune(scan_db_dir, keep_scan_dbs, path)
+    except OSError as exc:  # housekeeping (a scan beside this one pruned first): never the scan's failure
+        prune_error = f"could not delete old scan DBs: {exc}"
     # One event for the scan, refusals or not: in Dagster each costs a Postgres round trip or more.
     lines = [f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped "
              f"in {seconds:.1f}s -> {path}"]
@@ -165,5 +170,7 @@ def scan_inbound(
         lines.append(f"skipped {skipped} files: {listed}")
     if removed:
         lines.append(f"deleted {len(removed)} old scan DBs: {', '.join(removed)}")
+    if prune_error:
+        lines.append(prune_error)
     logger.log(logging.WARNING if files - valid else logging.INFO, "\n".join(lines))
     return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds, unchanged)

@@ -14,8 +14,8 @@ MEDIA_EXTENSIONS = {
 
 
 def is_media(name: bytes) -> bool:
-    """As `os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS` (so `.mp3` alone is no
-    extension), at half its cost: the walk asks once for every file in inbound."""
+    """For a file name (no `/`): as `os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS` (so
+    `.mp3` alone is no extension), at half its cost: the walk asks once for every file in inbound."""
     dot = name.rfind(b".")
     return dot > 0 and name[dot:].lower() in MEDIA_EXTENSIONS and (name[0] != 0x2E or name[:dot].lstrip(b".") != b"")
 

@@ -195,8 +195,8 @@ def _check_space(root: str, album_dir: str, moving: list[FileAction]) -> None:
         try:
             if os.lstat(a.source).st_dev != root_dev:  # a copy, not a link: it takes space
                 need += a.size
-        except OSError:
-            continue  # gone: `place` reports it
+        except (OSError, ValueError):
+            continue  # gone (or no name at all): `place` reports it
     if not need:
         return
     free = free_bytes(album_dir)
