@@ -111,7 +111,8 @@ def resolved(path: str) -> str:
         return os.path.realpath(path)
     finally:
         os.close(fd)
-    return real if real.startswith("/") else os.path.realpath(path)  # a pseudo-name ("anon_inode:…"): no
+    # Not a path (a pseudo-name such as "anon_inode:[…]"): realpath decides.
+    return real if real.startswith("/") else os.path.realpath(path)
 
 
 def ensure_inside(root: str, path: str) -> None:

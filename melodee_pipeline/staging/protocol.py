@@ -191,9 +191,9 @@ def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior:
 def _check_space(root: str, album_dir: str, moving: list[FileAction]) -> None:
     """A full staging filesystem is a run-level condition: refuse an album that cannot fit."""
     root_dev, need = os.stat(root).st_dev, 0
-    for a in moving:  # one lstat a file: the album's ten sources cost thirty before
+    for a in moving:
         try:
-            if os.lstat(a.source).st_dev != root_dev:  # a copy, not a link: it takes space
+            if os.lstat(a.source).st_dev != root_dev:  # copied, not linked: it takes space
                 need += a.size
         except (OSError, ValueError):
             continue  # gone (or no name at all): `place` reports it
