@@ -272,7 +272,7 @@ def test_one_log_event_per_reason_not_per_file(tmp_path):
         "refused 10 files: missing title (6), corrupt or not audio (4); 10 of them unchanged since an earlier scan, not read again",
         "skipped 2 files: modified less than 60s ago (still being copied?) (2 paths, 2 files)",
     ]]
-    assert handler.levels == [logging.WARNING, logging.WARNING]
+    assert handler.levels == [logging.WARNING, logging.INFO]  # a warning for news only
     assert not any(".mp3" in m or ".flac" in m for m in msgs)
 
 
@@ -374,3 +374,20 @@ def test_a_scan_db_that_cannot_be_pruned_is_a_line_of_the_report_not_a_failure(t
     [message] = handler.messages
     assert message.splitlines()[1].startswith("refused 2 files")
     assert message.splitlines()[-1] == "could not delete old scan DBs: [Errno 2] No such file or directory: 'scan_x.db'"
+
+
+def test_a_folder_skipped_for_a_while_keeps_what_is_remembered_of_it(tmp_path):
+    """A refused file whose folder gains a file still being copied: that scan skips the folder
+    whole, and must not forget the refusal (the next scan would read the file again, and its
+    "unchanged since" would start over)."""
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=60)
+    first, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and first.invalid == 2
+    make_track(str(inbound / "arriving.mp3"), Tags("A", "B", "T2"))  # inbound itself is now busy
+    busy, opened = opened_during(inbound, scan)
+    assert opened == [] and (busy.files, busy.skipped) == (0, 4)
+    later, opened = opened_during(inbound, partial(scan, min_file_age_seconds=0))  # copied in by now
+    assert opened == ["arriving.mp3", "good.mp3"] and later.unchanged == 2
+    columns = ("file_path", "path_bytes", "validation_error", "refused_since")
+    assert rows(later.scan_db, columns) == rows(first.scan_db, columns)  # as first refused, not again

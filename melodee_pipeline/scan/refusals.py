@@ -2,8 +2,8 @@
 
 Every file that stays in inbound used to be read, hashed and refused again on every run (5,000
 leftovers: 63 s instead of 0.27 s). `refusals-v3.db` sits beside the scan DBs, under a name their
-pruning never matches, and holds exactly the refusals of the last completed scan: a file that is
-gone or valid drops out, a file whose size, mtime, inode or ctime changed is read again at once
+pruning never matches, and holds the refusals of the last completed scan, plus those remembered
+under a path it skipped (it did not look there): a file that is gone or valid drops out, a file whose size, mtime, inode or ctime changed is read again at once
 (ctime catches a chmod that makes an unreadable file readable). A file our own code failed on
 (`tags.INTERNAL_ERROR`, a bug) is never remembered: once the bug is fixed, the next scan reads it.
 """
@@ -107,8 +107,10 @@ class Refusals:
             self.conn.execute("DETACH DATABASE scan")
 
     def replace(self, scan_db: str, refused: int) -> None:
-        """Remember the refusals of the completed scan `scan_db` (`refused` of them), and only
-        those. When each was recalled, unchanged, and nothing else is remembered, they already are."""
+        """Remember the refusals of the completed scan `scan_db` (`refused` of them), and those
+        remembered under a path it skipped (a folder still being copied, one it could not list):
+        it did not look there, so it cannot know they are gone. When each was recalled, unchanged,
+        and nothing else is remembered, they already are."""
         if refused == len(self.recalled) == self.count:
             return
         self.conn.execute("ATTACH DATABASE ? AS scan", (scan_db,))
@@ -121,6 +123,12 @@ class Refusals:
                     "WHERE is_valid = 0 AND mtime_ns IS NOT NULL AND substr(validation_error, 1, ?) != ?",
                     (len(INTERNAL_ERROR), INTERNAL_ERROR),
                 )
+                # Paths as the scan DB shows them on both sides; a remembered one is recalled only
+                # if its exact name and stat still match, so keeping one too many is harmless.
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO main.refusals SELECT * FROM temp.snapshot AS r WHERE EXISTS ("
+                    "SELECT 1 FROM scan.skipped AS k WHERE r.file_path = k.path "
+                    "OR substr(r.file_path, 1, length(k.path) + 1) = k.path || '/')")
         finally:
             self.conn.execute("DETACH DATABASE scan")
 

@@ -159,6 +159,7 @@ def scan_inbound(
     except OSError as exc:  # housekeeping (a scan beside this one pruned first): never the scan's failure
         prune_error = f"could not delete old scan DBs: {exc}"
     # One event for the scan, refusals or not: in Dagster each costs a Postgres round trip or more.
+    # A warning when something is newly refused; leftovers already reported are news to no one.
     lines = [f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped "
              f"in {seconds:.1f}s -> {path}"]
     if files - valid:
@@ -172,5 +173,5 @@ def scan_inbound(
         lines.append(f"deleted {len(removed)} old scan DBs: {', '.join(removed)}")
     if prune_error:
         lines.append(prune_error)
-    logger.log(logging.WARNING if files - valid else logging.INFO, "\n".join(lines))
+    logger.log(logging.WARNING if files - valid - unchanged else logging.INFO, "\n".join(lines))
     return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds, unchanged)
