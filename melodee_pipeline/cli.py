@@ -177,8 +177,8 @@ def cmd_refusals(args) -> int:
         for refused, (file_path, reason, since) in enumerate(scandb.refused(conn), 1):
             print(f"{file_path}\t{reason}\t{since}")
         for skipped, (skip_path, reason, files) in enumerate(scandb.skipped(conn), 1):
-            print(f"{skip_path}\tskipped: {reason} ({files} files)\t")
-    print(f"{refused} refused files, {skipped} skipped paths in {path}", file=sys.stderr)
+            print(f"{skip_path}\tskipped: {reason} ({scandb.counted(files, 'file')})\t")
+    print(f"{scandb.counted(refused, 'refused file')}, {scandb.counted(skipped, 'skipped path')} in {path}", file=sys.stderr)
     return 0
 
 

@@ -86,7 +86,7 @@ def test_refused_files_are_one_log_event_and_a_metadata_table(inbound):
     assert row.data["path"] == str(inbound["inbound"] / "broken.mp3")
     assert row.data["reason"].startswith("corrupt or not audio") and row.data["since"].startswith("still refused, unchanged since ")
     [lines] = [m.splitlines() for m in second.log_messages if m.startswith("scan scan_")]
-    assert lines[1:] == ["refused 1 files: corrupt or not audio (1); 1 of them unchanged since an earlier scan, not read again"]
+    assert lines[1:] == ["refused 1 file: corrupt or not audio (1); 1 of them unchanged since an earlier scan, not read again"]
     assert not [m for m in second.log_messages if "broken.mp3" in m]
 
 

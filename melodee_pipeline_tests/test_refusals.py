@@ -287,8 +287,8 @@ def test_refusals_command_lists_every_refused_file_and_skipped_path(tmp_path, ca
     lines = out.splitlines()
     assert lines[0].startswith(f"{inbound / 'junk.ogg'}\tcorrupt or not audio: ") and lines[0].endswith("\trefused in this scan")
     assert lines[1:] == [f"{inbound / 'no_title.flac'}\tmissing title\trefused in this scan",
-                         f"{inbound / 'busy'}\tskipped: modified less than 60s ago (still being copied?) (1 files)\t"]
-    assert err == f"2 refused files, 1 skipped paths in {first.scan_db}\n"
+                         f"{inbound / 'busy'}\tskipped: modified less than 60s ago (still being copied?) (1 file)\t"]
+    assert err == f"2 refused files, 1 skipped path in {first.scan_db}\n"
     time.sleep(1.1)
     second = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=60)
     assert main(["refusals", "--dir", str(scans)]) == 0

@@ -179,6 +179,11 @@ def get_info(conn: sqlite3.Connection, key: str) -> str | None:
     return row[0] if row else None
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 file`, `2 files`: what a scan reports is read by people."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def refused(conn: sqlite3.Connection, limit: int = -1) -> Iterator[tuple[str, str, str]]:
     """(path, reason, since) of the files this scan refused, by path. `since` tells a new refusal
     from a leftover that was not read again."""

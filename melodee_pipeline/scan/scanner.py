@@ -165,12 +165,12 @@ def scan_inbound(
     if files - valid:
         listed = ", ".join(f"{reason} ({n})" for reason, n in reasons.most_common())
         again = f"; {unchanged} of them unchanged since an earlier scan, not read again" if unchanged else ""
-        lines.append(f"refused {files - valid} files: {listed}{again}")
+        lines.append(f"refused {scandb.counted(files - valid, 'file')}: {listed}{again}")
     if skips:
-        listed = ", ".join(f"{reason} ({paths} paths, {n} files)" for reason, (paths, n) in skips.items())
-        lines.append(f"skipped {skipped} files: {listed}")
+        listed = ", ".join(f"{reason} ({scandb.counted(paths, 'path')}, {scandb.counted(n, 'file')})" for reason, (paths, n) in skips.items())
+        lines.append(f"skipped {scandb.counted(skipped, 'file')}: {listed}")
     if removed:
-        lines.append(f"deleted {len(removed)} old scan DBs: {', '.join(removed)}")
+        lines.append(f"deleted {scandb.counted(len(removed), 'old scan DB')}: {', '.join(removed)}")
     if prune_error:
         lines.append(prune_error)
     logger.log(logging.WARNING if files - valid - unchanged else logging.INFO, "\n".join(lines))
