@@ -3,8 +3,9 @@
 Every file that stays in inbound used to be read, hashed and refused again on every run (5,000
 leftovers: 63 s instead of 0.27 s). `refusals-v3.db` sits beside the scan DBs, under a name their
 pruning never matches, and holds the refusals of the last completed scan, plus those remembered
-under a path it skipped (it did not look there): a file that is gone or valid drops out, a file whose size, mtime, inode or ctime changed is read again at once
-(ctime catches a chmod that makes an unreadable file readable). A file our own code failed on
+under a path it skipped (it did not look there): a file that is gone or valid drops out, a file
+whose size, mtime, inode or ctime changed is read again at once (ctime catches a chmod that makes
+an unreadable file readable). A file our own code failed on
 (`tags.INTERNAL_ERROR`, a bug) is never remembered: once the bug is fixed, the next scan reads it.
 """
 
@@ -55,11 +56,10 @@ class Refusals:
         # the directory may replace refusals-v3.db meanwhile (`scan-inbound` beside a run).
         self.conn.execute(SCHEMA.format(table="temp.snapshot"))
         with self.conn:
-            self.conn.execute("INSERT INTO temp.snapshot SELECT * FROM main.refusals")
+            self.count = self.conn.execute("INSERT INTO temp.snapshot SELECT * FROM main.refusals").rowcount
         self.recalled: dict[bytes, None] = {}  # distinct, in walk order: a listing may repeat a name
         # Most scans remember a few thousand refusals or none: one query, then a dict lookup per
         # file instead of a query per file.
-        (self.count,) = self.conn.execute("SELECT count(*) FROM temp.snapshot").fetchone()
         self.known: dict[bytes, tuple[tuple[int, int, int, int], str]] | None = None
         if self.count <= IN_MEMORY_MAX:
             self.known = {path: ((size, mtime_ns, ino, ctime_ns), reason) for path, size, mtime_ns, ino, ctime_ns, reason
