@@ -199,3 +199,81 @@ def test_an_extra_whose_name_ends_in_a_dot_never_becomes_a_media_name(dirs):
     assert sorted(os.listdir(target)) == ["01 - One.flac", "album.melodee.json", "notes.mp3_"]
     data = (target / "album.melodee.json").read_bytes()
     assert sidecar_problem(str(target), data, os.listdir(target)) is None
+
+
+def discs(dirs, parent: str = "Record") -> Path:
+    """An album in two disc folders under `parent`, the folder above them holding its cover and log."""
+    album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".flac", folder=f"{parent}/CD1", disc=1)
+    album(dirs["inbound"], "Band", "Record", 2001, ["Two"], ".flac", folder=f"{parent}/CD2", disc=2, seed=5)
+    above = dirs["inbound"] / parent
+    (above / "cover.png").write_bytes(png_bytes(1))
+    (above / "Record.log").write_bytes(LOG)
+    return above
+
+
+def test_the_folder_above_an_albums_disc_folders_gives_it_its_cover_and_undo_puts_it_back(dirs):
+    from melodee_pipeline.undo import undo_scan
+
+    above = discs(dirs)
+    (above / ".DS_Store").write_bytes(b"finder junk")
+    (dirs["inbound"] / "about inbound.txt").write_bytes(b"the root's own files are no album's")
+    before = snapshot(dirs["inbound"])
+    scan_db, staged = run(dirs)
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert sorted(os.listdir(target)) == ["01 - One.flac", "2-01 - Two.flac", "Record.log", "album.melodee.json", "cover.png"]
+    assert (target / "cover.png").read_bytes() == png_bytes(1) and (target / "Record.log").read_bytes() == LOG
+    assert staged.extras_moved == 2 and sidecar(target)["album"]["image_count"] == 1
+    assert tree(dirs["inbound"]) == {"Record": -1, "Record/.DS_Store": 11, "about inbound.txt": 35}
+    assert without_sidecars(snapshot(dirs["inbound"], dirs["staging"])) == sorted(before.values())
+    result = undo_scan(None, scan_db, str(dirs["staging"]))
+    assert [(a.status, a.returned) for a in result.albums] == [("undone", 4)]
+    assert snapshot(dirs["inbound"]) == before
+
+
+def test_the_folder_above_a_single_album_folder_is_the_artists_and_stays(dirs):
+    folder = album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac", folder="Band/Record")[0].parent
+    (folder.parent / "artist.png").write_bytes(png_bytes(3))
+    _, staged = run(dirs)
+    assert staged.files_moved == 2 and staged.extras_moved == 0
+    assert tree(dirs["inbound"]) == {"Band": -1, "Band/artist.png": len(png_bytes(3))}
+    doc = sidecar(dirs["staging"] / "BAN/Band/2001 - Record")
+    assert doc["album"]["image_count"] == 0 and not [w for w in doc["validation"]["warnings"] if "stay in" in w]
+
+
+def test_the_folder_above_disc_folders_keeps_its_files_when_the_music_below_is_not_all_this_albums(dirs):
+    above = discs(dirs)
+    (above / "CD2" / "03 broken.flac").write_bytes(b"not audio" * 50)
+    _, staged = run(dirs)
+    assert staged.albums_success == 1 and staged.extras_moved == 0
+    assert sorted(os.listdir(above)) == ["CD2", "Record.log", "cover.png"]
+    warnings = sidecar(dirs["staging"] / "BAN/Band/2001 - Record")["validation"]["warnings"]
+    assert f"2 other file(s) stay in {above}: a folder below it holds music that was not staged" in warnings
+    (above / "CD2" / "03 broken.flac").unlink()
+    album(dirs["inbound"], "Band", "Other", 2003, ["Three"], ".flac", folder="Record/Other")
+    album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".flac", folder="Record/CD1", disc=1)
+    album(dirs["inbound"], "Band", "Record", 2001, ["Two"], ".flac", folder="Record/CD2", disc=2, seed=5)
+    _, staged = run(dirs)  # the discs again (already staged), and another album below the same folder
+    assert staged.albums_success == 2 and staged.extras_moved == 0
+    assert sorted(os.listdir(above)) == ["Record.log", "cover.png"]
+    warnings = sidecar(dirs["staging"] / "BAN/Band/2001 - Record")["validation"]["warnings"]
+    assert f"2 other file(s) stay in {above}: the music below it went to several albums" in warnings
+
+
+def test_the_folder_above_disc_folders_keeps_its_files_while_a_disc_track_stays_in_inbound(dirs):
+    above = discs(dirs)
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=0)
+    group_albums(scan.scan_db)
+    track = next((above / "CD2").iterdir())
+    track.write_bytes(track.read_bytes() + b"\0")  # rewritten after the scan: it stays in inbound
+    staged = stage_albums(scan.scan_db, str(dirs["staging"]), workers=2)
+    assert staged.files_moved == 1 and staged.extras_moved == 0
+    assert sorted(os.listdir(above)) == ["CD2", "Record.log", "cover.png"]
+
+
+def test_the_inbound_roots_own_files_never_travel_even_above_disc_folders(dirs):
+    album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".flac", folder="CD1", disc=1)
+    album(dirs["inbound"], "Band", "Record", 2001, ["Two"], ".flac", folder="CD2", disc=2, seed=5)
+    (dirs["inbound"] / "cover.png").write_bytes(png_bytes(1))
+    _, staged = run(dirs)
+    assert staged.files_moved == 2 and staged.extras_moved == 0
+    assert tree(dirs["inbound"]) == {"cover.png": len(png_bytes(1))}

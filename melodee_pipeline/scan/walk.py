@@ -38,11 +38,16 @@ def walk_inbound(
     copied in; its files are skipped whole and reported through `on_skip`.
 
     `on_extra` gets the other regular files of each folder that holds media (hidden files aside:
-    `.DS_Store` and the like are no part of an album), so they can travel with their album.
+    `.DS_Store` and the like are no part of an album), so they can travel with their album; and
+    those of a folder without media of its own, not the root, once a folder right below it turns
+    out to hold some: the folder above an album's disc folders (CD1, CD2) holds its cover.
     """
-    stack = [os.fsencode(root)]
+    top = os.fsencode(root)
+    stack = [top]
+    above: list[tuple[bytes, list]] = []  # (folder, its other files): only ancestors of the one walked
     while stack:
         directory = stack.pop()
+        above = [a for a in above if directory.startswith(a[0] + b"/")]
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -74,7 +79,15 @@ def walk_inbound(
             if media:
                 on_skip(Skip(directory, f"modified less than {min_file_age_seconds}s ago (still being copied?)", len(media)))
             continue
-        if media and on_extra is not None:
+        if on_extra is not None and media:
+            parent = os.path.dirname(directory)
+            for folder, theirs in above:
+                if folder == parent:  # reported once, with the first folder below that holds media
+                    for path, st in theirs:
+                        on_extra(path, st)
+                    theirs.clear()
             for path, st in others:
                 on_extra(path, st)
+        elif on_extra is not None and others and subdirs and directory != top:
+            above.append((directory, others))
         yield from media

@@ -2,7 +2,9 @@
 
 A folder's extras travel with its music only when every media file of that folder belongs to one
 album: a folder whose music goes to several albums, or holds a file the scan refused, keeps them
-(the album's sidecar says so). Extras move through the album's own protocol steps (journaled
+(the album's sidecar says so). An album whose discs sit in sibling folders (CD1, CD2) also gets
+the extras of the folder above them, if that folder holds no music of its own and all the music
+right below it is this album's. Extras move through the album's own protocol steps (journaled
 with sticky names before the first move, never overwriting, identical bytes deduplicated), after
 the folder's music is in place. They are files without a sidecar track entry.
 
@@ -38,26 +40,43 @@ class FolderExtras:
         self.by_folder: dict[bytes, list[sqlite3.Row]] = defaultdict(list)
         for row in conn.execute("SELECT id, path_bytes, file_path, folder, file_size, file_hash FROM scanned_extras ORDER BY path_bytes"):
             self.by_folder[bytes(row["folder"])].append(row)
-        self.owners: dict[bytes, set[str]] = defaultdict(set)
+        self.owners: dict[bytes, set[str]] = defaultdict(set)  # folder -> whose is the music in it
+        self.below: dict[bytes, set[str]] = defaultdict(set)  # folder -> whose is the music right below it
         if self.by_folder:
             for path, valid, group in conn.execute("SELECT path_bytes, is_valid, album_group_id FROM scanned_files"):
                 folder = os.path.dirname(bytes(path))
+                owner = group if valid and group else REFUSED
                 if folder in self.by_folder:
-                    self.owners[folder].add(group if valid and group else REFUSED)
+                    self.owners[folder].add(owner)
+                if os.path.dirname(folder) in self.by_folder:
+                    self.below[os.path.dirname(folder)].add(owner)
 
     def assign(self, album: Album) -> None:
         """Give `album` the extras of its folders that hold its music alone; note the others."""
-        for folder in sorted({os.path.dirname(bytes(f["path_bytes"])) for f in album.files}):
-            rows = self.by_folder.get(folder)
-            if not rows:
-                continue
-            shown = os.fsdecode(folder)
-            if self.owners[folder] == {album.group_id}:
-                album.extras.extend(r for r in rows if extra_name(r["path_bytes"]).casefold() != sc.SIDECAR_NAME)
-            elif REFUSED in self.owners[folder]:
-                album.notes.append(f"{len(rows)} other file(s) stay in {shown}: it holds music that was not staged")
-            else:
-                album.notes.append(f"{len(rows)} other file(s) stay in {shown}: its music went to several albums")
+        folders = sorted({os.path.dirname(bytes(f["path_bytes"])) for f in album.files})
+        for folder in folders:
+            self._give(album, folder, self.owners.get(folder, set()), "it holds music that was not staged",
+                       "its music went to several albums")
+        # Its discs in sibling folders (CD1, CD2): the folder above them, without music of its own,
+        # holds the album's cover and log. Only then: above a single folder is the artist's.
+        parents = {os.path.dirname(f) for f in folders}
+        if len(folders) > 1 and len(parents) == 1:
+            (parent,) = parents
+            if not self.owners.get(parent):
+                self._give(album, parent, self.below.get(parent, set()), "a folder below it holds music that was not staged",
+                           "the music below it went to several albums")
+
+    def _give(self, album: Album, folder: bytes, owners: set[str], refused: str, shared: str) -> None:
+        rows = self.by_folder.get(folder)
+        if not rows:
+            return
+        shown = os.fsdecode(folder)
+        if owners == {album.group_id}:
+            album.extras.extend(r for r in rows if extra_name(r["path_bytes"]).casefold() != sc.SIDECAR_NAME)
+        elif REFUSED in owners:
+            album.notes.append(f"{len(rows)} other file(s) stay in {shown}: {refused}")
+        else:
+            album.notes.append(f"{len(rows)} other file(s) stay in {shown}: {shared}")
 
 
 def extra_name(path: bytes) -> str:

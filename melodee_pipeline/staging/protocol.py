@@ -214,9 +214,10 @@ def _moving(actions: list[FileAction]) -> list[FileAction]:
 
 
 def _hold_back_extras(out: AlbumOutcome) -> None:
-    """An extra follows its folder's music: if a track of that folder is not in place, the
-    folder's extras stay in inbound with it."""
+    """An extra follows its folder's music: if a track of that folder (or of a folder right below
+    it) is not in place, the folder's extras stay in inbound with it."""
     stuck = {os.path.dirname(a.source) for a in out.actions if a.error}
+    stuck |= {os.path.dirname(d) for d in stuck}  # the folder above disc folders (extras.FolderExtras)
     for a in out.extras:
         if not a.error and os.path.dirname(a.source) in stuck:
             a.error = "left in inbound: a track of its folder was not staged"
