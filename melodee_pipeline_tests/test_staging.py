@@ -61,7 +61,8 @@ def test_valid_albums_land_in_the_layout_with_a_correct_sidecar_and_rows(dirs, e
     scan, staged, rows = cycle(dirs["inbound"], dirs["staging"], dirs["scans"], engine)
     assert (staged.albums_total, staged.albums_success, staged.files_moved) == (2, 2, 4)
     lz_dir = dirs["staging"] / "LZ" / "Led Zeppelin" / "1971 - IV"
-    assert sorted(os.listdir(lz_dir)) == ["01 - Black Dog.flac", "02 - Rock and Roll.flac", "2-01 - Stairway.mp3", "album.melodee.json"]
+    assert sorted(os.listdir(lz_dir)) == ["01 - Black Dog.flac", "02 - Rock and Roll.flac", "2-01 - Stairway.mp3",
+                                          "album.melodee.json", "cover.jpg"]
     doc = sidecar(lz_dir)
     assert doc["status"] == "pending_review" and doc["scan_id"] == scan.scan_id
     assert doc["artist"] == {"name": "Led Zeppelin", "name_normalized": "led zeppelin", "directory_code": "LZ"}
@@ -72,12 +73,12 @@ def test_valid_albums_land_in_the_layout_with_a_correct_sidecar_and_rows(dirs, e
     for t in doc["tracks"]:
         assert before[os.path.relpath(t["original_path"], dirs["inbound"].parent)] == t["checksum"]
         assert t["file_size"] == os.path.getsize(dirs["staging"] / t["file_path"]) and t["duration"] > 0
-    # The cover sits above the disc folders, in a folder without music: it stays, so the album has none.
-    assert doc["validation"] == {"is_valid": True, "errors": [], "warnings": ["album check: no cover image"]}
-    # Bytes moved, not changed; the cover stays in inbound; emptied folders are gone.
+    # The cover sits above the disc folders, in a folder without music: it comes along.
+    assert doc["validation"] == {"is_valid": True, "errors": [], "warnings": []} and doc["album"]["image_count"] == 1
+    # Bytes moved, not changed; emptied folders are gone.
     after = snapshot(dirs["inbound"], dirs["staging"])
     assert sorted(before.values()) == sorted(v for k, v in after.items() if not k.endswith(".json"))
-    assert sorted(tree(dirs["inbound"])) == ["LZ", "LZ/cover.jpg"]
+    assert tree(dirs["inbound"]) == {}
     with engine.connect() as conn:
         got = conn.execute(sa.text("SELECT staging_path, artist_name, album_name, track_count, total_size, status, checksum, scan_id "
                                    "FROM staging_items ORDER BY staging_path")).all()
