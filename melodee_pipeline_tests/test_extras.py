@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,25 +147,26 @@ def test_an_album_with_an_image_file_gets_no_extracted_cover(dirs):
     assert "cover_from_tags" not in sidecar(target)["album"]
 
 
+def process(dirs, crash: str | None = None) -> subprocess.CompletedProcess:
+    """`scan-inbound` then `process-scan` as commands, without a database; `crash`: SIGKILL there."""
+    scan = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "scan-inbound", "--path", str(dirs["inbound"]),
+                           "--output", str(dirs["scans"]), "--min-file-age", "0", "--workers", "1"],
+                          capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "MELODEE_DATABASE_URL"}
+    env.update(MELODEE_HOME=str(dirs["scans"] / "home"), **({"MELODEE_CRASH_AT": crash} if crash else {}))
+    return subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "process-scan", "--scan", scan.stdout.strip(),
+                           "--staging", str(dirs["staging"]), "--workers", "1"], env=env, capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("point", ["after_place:3", "after_place:5", "before_unlink_sources:1", "after_unlink:4"])
 def test_sigkill_while_extras_move_converges_on_the_next_run(point, dirs):
     """Tracks are the first two places; the third is the first extra."""
     tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
     extras = rip(tracks[0].parent)
     before = snapshot(dirs["inbound"])
-
-    def cli(crash: str | None) -> subprocess.CompletedProcess:
-        scan = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "scan-inbound", "--path", str(dirs["inbound"]),
-                               "--output", str(dirs["scans"]), "--min-file-age", "0", "--workers", "1"],
-                              capture_output=True, text=True, check=True)
-        env = {k: v for k, v in os.environ.items() if k != "MELODEE_DATABASE_URL"}
-        env.update(MELODEE_HOME=str(dirs["scans"] / "home"), **({"MELODEE_CRASH_AT": crash} if crash else {}))
-        return subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "process-scan", "--scan", scan.stdout.strip(),
-                               "--staging", str(dirs["staging"]), "--workers", "1"], env=env, capture_output=True, text=True)
-
-    assert cli(point).returncode == -signal.SIGKILL
+    assert process(dirs, point).returncode == -signal.SIGKILL
     assert lost(Counter(before.values()), dirs["inbound"], dirs["staging"]) == 0
-    assert cli(None).returncode == 0
+    assert process(dirs).returncode == 0
     target = dirs["staging"] / "BAN/Band/2001 - Record"
     assert sorted(os.listdir(target)) == sorted(["01 - One.flac", "02 - Two.flac", "album.melodee.json", *extras])
     assert without_sidecars(snapshot(dirs["inbound"], dirs["staging"])) == sorted(before.values())
@@ -277,3 +279,47 @@ def test_the_inbound_roots_own_files_never_travel_even_above_disc_folders(dirs):
     _, staged = run(dirs)
     assert staged.files_moved == 2 and staged.extras_moved == 0
     assert tree(dirs["inbound"]) == {"cover.png": len(png_bytes(1))}
+
+
+def test_the_folder_above_waits_for_a_disc_folder_still_being_copied(dirs):
+    above = discs(dirs)
+    album(dirs["inbound"], "Band", "Record", 2001, ["Three"], ".flac", folder="Record/CD3", disc=3, seed=9)
+    old = time.time() - 3600
+    for path in dirs["inbound"].rglob("*"):
+        os.utime(path, (old, old))
+    for path in (above / "CD3").iterdir():
+        os.utime(path, None)  # CD3 is still being copied
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=60)
+    group_albums(scan.scan_db)
+    staged = stage_albums(scan.scan_db, str(dirs["staging"]), workers=2)
+    assert staged.files_moved == 2 and staged.extras_moved == 0
+    assert sorted(os.listdir(above)) == ["CD3", "Record.log", "cover.png"]
+    # CD3 arrives alone: a folder named as a disc, so the folder above is its album's.
+    _, staged = run(dirs)
+    target = dirs["staging"] / "BAN/Band/2001 - Record"
+    assert staged.files_moved == 1 and staged.extras_moved == 2 and tree(dirs["inbound"]) == {}
+    assert sorted(os.listdir(target)) == ["01 - One.flac", "2-01 - Two.flac", "3-01 - Three.flac", "Record.log",
+                                          "album.melodee.json", "cover.png"]
+
+
+def test_a_killed_run_finished_later_keeps_the_folder_above_while_a_disc_track_stays(dirs):
+    above = discs(dirs)
+    before = snapshot(dirs["inbound"])
+    assert process(dirs, crash="after_place:1").returncode == -signal.SIGKILL
+    track = next((above / "CD2").iterdir())
+    track.write_bytes(b"not audio any more" * 100)  # the journaled track changed: it stays in inbound
+    del before[next(k for k in before if k.endswith(track.name))]
+    assert process(dirs).returncode == 0
+    assert {p for p, size in tree(above).items() if size >= 0} == {"CD2/01 Two.flac", "Record.log", "cover.png"}
+    assert lost(Counter(before.values()), dirs["inbound"], dirs["staging"]) == 0
+
+
+def test_a_folder_above_named_in_bytes_that_are_not_utf8_is_shown_escaped(dirs):
+    above = discs(dirs, parent="t")
+    (above / "CD2" / "bad.flac").write_bytes(b"junk" * 100)  # refused: the folder above keeps its files
+    above = Path(os.fsdecode(os.path.join(os.fsencode(str(dirs["inbound"])), b"Rec\xff")))
+    os.rename(dirs["inbound"] / "t", above)
+    _, staged = run(dirs)
+    assert staged.albums_success == 1 and staged.files_moved == 2
+    warnings = sidecar(dirs["staging"] / "BAN/Band/2001 - Record")["validation"]["warnings"]
+    assert f"2 other file(s) stay in {dirs['inbound']}/Rec\\xff: a folder below it holds music that was not staged" in warnings

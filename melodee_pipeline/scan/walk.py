@@ -27,6 +27,17 @@ class Skip:
     file_count: int
 
 
+@dataclass
+class _Above:
+    """A folder without media of its own, not the root: the folder above an album's disc folders
+    (CD1, CD2) holds its cover. Its other files go to `on_extra` once its subtree is walked, if a
+    folder right below it holds media and none right below was left for a later scan."""
+    folder: bytes
+    others: list
+    media_below: bool = False
+    held: bool = False  # a folder right below is still being copied, or could not be listed
+
+
 def walk_inbound(
     root: str, min_file_age_seconds: int, now: float, on_skip: Callable[[Skip], None],
     on_extra: Callable[[bytes, os.stat_result], None] | None = None,
@@ -39,20 +50,29 @@ def walk_inbound(
 
     `on_extra` gets the other regular files of each folder that holds media (hidden files aside:
     `.DS_Store` and the like are no part of an album), so they can travel with their album; and
-    those of a folder without media of its own, not the root, once a folder right below it turns
-    out to hold some: the folder above an album's disc folders (CD1, CD2) holds its cover.
+    those of the folders above such folders (`_Above`).
     """
     top = os.fsencode(root)
     stack = [top]
-    above: list[tuple[bytes, list]] = []  # (folder, its other files): only ancestors of the one walked
+    above: list[_Above] = []  # only ancestors of the folder being walked, outermost first
+
+    def walked(a: _Above) -> None:
+        if on_extra is not None and a.media_below and not a.held:
+            for path, st in a.others:
+                on_extra(path, st)
+
     while stack:
         directory = stack.pop()
-        above = [a for a in above if directory.startswith(a[0] + b"/")]
+        while above and not directory.startswith(above[-1].folder + b"/"):
+            walked(above.pop())
+        parent = above[-1] if above and above[-1].folder == os.path.dirname(directory) else None
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             on_skip(Skip(directory, f"cannot list directory: {exc.strerror}", 0))
+            if parent:
+                parent.held = True
             continue
         media, others, young = [], [], False
         subdirs = []
@@ -78,16 +98,17 @@ def walk_inbound(
         if young:
             if media:
                 on_skip(Skip(directory, f"modified less than {min_file_age_seconds}s ago (still being copied?)", len(media)))
+                if parent:
+                    parent.held = True
             continue
-        if on_extra is not None and media:
-            parent = os.path.dirname(directory)
-            for folder, theirs in above:
-                if folder == parent:  # reported once, with the first folder below that holds media
-                    for path, st in theirs:
-                        on_extra(path, st)
-                    theirs.clear()
-            for path, st in others:
-                on_extra(path, st)
-        elif on_extra is not None and others and subdirs and directory != top:
-            above.append((directory, others))
+        if media:
+            if parent:
+                parent.media_below = True
+            if on_extra is not None:
+                for path, st in others:
+                    on_extra(path, st)
+        elif others and subdirs and directory != top:
+            above.append(_Above(directory, others))
         yield from media
+    while above:
+        walked(above.pop())

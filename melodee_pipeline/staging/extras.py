@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import uuid
 from collections import defaultdict
 
 import mediafile
 
+from melodee_pipeline.scan.tags import display_path
 from melodee_pipeline.scan.walk import is_media
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.durability import write_and_publish
@@ -31,6 +33,8 @@ from melodee_pipeline.staging.validation import is_image
 
 MIME_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp", "image/bmp": ".bmp"}
 REFUSED = ""  # owner of a media file the scan refused: it stays in inbound
+# A folder named as one disc of an album: `CD1`, `Disc 2`, `Record disk_3` (beets' markers); not `ABCD 1999`.
+DISC_FOLDER = re.compile(rb"(?:^|[\W_])(?:cd|dis[ck])[\W_]*\d", re.IGNORECASE)
 
 
 class FolderExtras:
@@ -58,9 +62,10 @@ class FolderExtras:
             self._give(album, folder, self.owners.get(folder, set()), "it holds music that was not staged",
                        "its music went to several albums")
         # Its discs in sibling folders (CD1, CD2): the folder above them, without music of its own,
-        # holds the album's cover and log. Only then: above a single folder is the artist's.
+        # holds the album's cover and log. Above a single folder is the artist's, unless that one is
+        # named as a disc (the others came in an earlier run, or come in a later one).
         parents = {os.path.dirname(f) for f in folders}
-        if len(folders) > 1 and len(parents) == 1:
+        if len(parents) == 1 and (len(folders) > 1 or DISC_FOLDER.search(os.path.basename(folders[0]))):
             (parent,) = parents
             if not self.owners.get(parent):
                 self._give(album, parent, self.below.get(parent, set()), "a folder below it holds music that was not staged",
@@ -70,7 +75,7 @@ class FolderExtras:
         rows = self.by_folder.get(folder)
         if not rows:
             return
-        shown = os.fsdecode(folder)
+        shown = display_path(folder)
         if owners == {album.group_id}:
             album.extras.extend(r for r in rows if extra_name(r["path_bytes"]).casefold() != sc.SIDECAR_NAME)
         elif REFUSED in owners:

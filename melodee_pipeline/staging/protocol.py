@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from melodee_pipeline import faults
 from melodee_pipeline.errors import StagingFull, UserError
+from melodee_pipeline.scan.tags import display_path
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.albumdir import is_regular, write_sidecar
 from melodee_pipeline.staging.extras import extra_name
@@ -179,7 +180,7 @@ def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior:
         return
     entry = journal.Entry(
         out.album_dir, journal.MOVING, scan_id, info,
-        [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track, a.action) for a in out.actions + out.extras],
+        [journal.JournalFile(display_path(a.source), a.name, a.sha256, a.size, a.track, a.action) for a in out.actions + out.extras],
         list(out.warnings), gained=bool(prior and prior.gained),
     )
     journal.write(root, entry)
@@ -216,11 +217,17 @@ def _moving(actions: list[FileAction]) -> list[FileAction]:
 def _hold_back_extras(out: AlbumOutcome) -> None:
     """An extra follows its folder's music: if a track of that folder (or of a folder right below
     it) is not in place, the folder's extras stay in inbound with it."""
-    stuck = {os.path.dirname(a.source) for a in out.actions if a.error}
-    stuck |= {os.path.dirname(d) for d in stuck}  # the folder above disc folders (extras.FolderExtras)
+    stuck = set().union(*(held_back_by(a.source) for a in out.actions if a.error))
     for a in out.extras:
         if not a.error and os.path.dirname(a.source) in stuck:
             a.error = "left in inbound: a track of its folder was not staged"
+
+
+def held_back_by(track: bytes) -> set[bytes]:
+    """The folders whose extras stay in inbound while `track` does: its own, and the one above it
+    (the folder above an album's disc folders, `extras.FolderExtras`)."""
+    folder = os.path.dirname(track)
+    return {folder, os.path.dirname(folder)}
 
 
 def move_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter | None = None) -> None:
@@ -264,18 +271,18 @@ def release_sources(root: str, out: AlbumOutcome) -> None:
         if a.placed and a.action != ALREADY and changed_since_scan(a):
             # Rewritten while it was being staged: its inbound name stays, so the next scan reads
             # it again, rather than removing a name whose bytes no one checked.
-            out.warnings.append(f"{os.fsdecode(a.source)} changed while it was staged; its inbound copy stays")
+            out.warnings.append(f"{display_path(a.source)} changed while it was staged; its inbound copy stays")
         elif a.placed:
             try:
                 os.unlink(a.source)
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                out.warnings.append(f"{os.fsdecode(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
+                out.warnings.append(f"{display_path(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
             faults.point("after_unlink")
         elif a.action == ALREADY:
             _settle_already(album_dir, a, out)
-    out.warnings.extend(f"{os.fsdecode(a.source)}: {a.error}" for a in out.extras if a.error)
+    out.warnings.extend(f"{display_path(a.source)}: {a.error}" for a in out.extras if a.error)
 
 
 def changed_since_scan(a: FileAction) -> str | None:
@@ -322,9 +329,9 @@ def _settle_already(album_dir: str, a: FileAction, out: AlbumOutcome) -> None:
     a.placed = True
     try:
         if os.path.lexists(a.source) and not unlink_if_same(a.source, a.sha256):
-            out.warnings.append(f"{os.fsdecode(a.source)} changed since the scan; left in inbound")
+            out.warnings.append(f"{display_path(a.source)} changed since the scan; left in inbound")
     except OSError as exc:
-        out.warnings.append(f"{os.fsdecode(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
+        out.warnings.append(f"{display_path(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
 
 
 def _roll_back(album_dir: str, moving: list[FileAction]) -> None:
@@ -345,7 +352,7 @@ def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir
     written = write_sidecar(
         root, os.path.join(root, out.album_dir), scan_id, info, tmp_dir,
         placed=[a.track for a in out.actions if a.placed and a.track], warnings=out.warnings,
-        errors=[f"{os.fsdecode(a.source)}: {a.error}" for a in out.actions if a.error],
+        errors=[f"{display_path(a.source)}: {a.error}" for a in out.actions if a.error],
         extract=any(a.placed for a in out.actions + out.extras) and _may_hold_cover(out.album),
     )
     out.tracks, out.total_size, out.checks = written.tracks, written.total_size, written.checks
@@ -397,8 +404,8 @@ def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:
         elif jf.track is None and os.path.dirname(a.source) in stuck:
             a.error = "left in inbound: a track of its folder was not staged"
         if a.error and jf.track is not None:
-            out.warnings.append(f"{jf.source}: {a.error}")
-            stuck.add(os.path.dirname(a.source))
+            out.warnings.append(f"{display_path(a.source)}: {a.error}")
+            stuck |= held_back_by(a.source)
             continue
         (out.actions if jf.track is not None else out.extras).append(a)
     move_files(root, out, tmp_dir)

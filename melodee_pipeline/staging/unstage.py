@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from melodee_pipeline import faults
+from melodee_pipeline.scan.tags import display_path
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.albumdir import write_sidecar
@@ -129,7 +130,7 @@ def finish_undo(root: str, entry: journal.Entry) -> UndoOutcome:
 
 
 def _problem(f: ReturnFile) -> str:
-    where = os.fsdecode(f.source)
+    where = display_path(f.source)
     if f.how == TAKEN:
         return f"{f.name} stays staged: {where} now holds another file"
     return f"{f.name} is no longer the staged file (changed or removed); nothing returned to {where}"
