@@ -323,3 +323,24 @@ def test_a_folder_above_named_in_bytes_that_are_not_utf8_is_shown_escaped(dirs):
     assert staged.albums_success == 1 and staged.files_moved == 2
     warnings = sidecar(dirs["staging"] / "BAN/Band/2001 - Record")["validation"]["warnings"]
     assert f"2 other file(s) stay in {dirs['inbound']}/Rec\\xff: a folder below it holds music that was not staged" in warnings
+
+
+@pytest.mark.parametrize("name,disc", [
+    ("CD1", True), ("cd 2", True), ("Disc 2", True), ("Disk_3", True), ("Record (Disc 1)", True), ("[CD2]", True),
+    ("Record", False), ("ABCD 1", False), ("Record (CD 1999)", False), ("[CD 24-96]", False), ("CD 320kbps", False),
+    ("Discovery 2", False),
+])
+def test_a_folder_is_named_as_a_disc_only_by_a_small_number_after_cd_or_disc(name, disc):
+    from melodee_pipeline.staging.extras import DISC_FOLDER
+
+    assert bool(DISC_FOLDER.search(name.encode())) is disc
+
+
+def test_macos_metadata_files_beside_the_music_are_left_alone_and_hold_nothing_back(dirs):
+    folder = album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".flac")[0].parent
+    (folder / "._01 One.flac").write_bytes(b"\x00\x05\x16\x07AppleDouble resource fork")
+    (folder / "cover.png").write_bytes(png_bytes(1))
+    scan_db, staged = run(dirs)
+    assert staged.files_moved == 1 and staged.extras_moved == 1
+    assert tree(dirs["inbound"]) == {"Band - Record": -1, "Band - Record/._01 One.flac": 29}
+    assert sqlite3.connect(scan_db).execute("SELECT count(*) FROM scanned_files WHERE is_valid = 0").fetchone() == (0,)

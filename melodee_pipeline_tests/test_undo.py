@@ -295,6 +295,22 @@ def test_an_album_a_killed_run_began_is_undone_by_that_runs_scan_id(point, finis
     assert not list(libs["staging"].rglob(SIDECAR)) and rows(engine) == {}
 
 
+
+def test_an_album_whose_inbound_name_is_not_utf8_is_finished_and_undone_after_a_kill(env, libs, engine, capsys):
+    """The journal keeps a source's exact bytes (surrogate-escaped), not the `\\xNN` text shown to
+    people: killed after one source went, the album is finished from the journal and undone whole."""
+    album(libs["inbound"], "Pink Floyd", "Animals", 1977, ["Dogs", "Sheep"], ".ogg", folder="t")
+    inbound = os.fsencode(str(libs["inbound"]))
+    os.rename(os.path.join(inbound, b"t"), os.path.join(inbound, b"Animals \xff"))
+    inbound_before, before = snapshot(libs["inbound"]), hashes(libs)
+    killed_id = Path(killed_mid_album(libs, "after_unlink:1")).stem
+    assert main(["run"]) == 0
+    assert os.listdir(os.path.join(inbound, b"Animals \xff")) == []  # finished: both tracks staged
+    capsys.readouterr()
+    assert main(["undo", "--scan", killed_id]) == 0, capsys.readouterr()
+    assert snapshot(libs["inbound"]) == inbound_before and hashes(libs) == before
+    assert not list(libs["staging"].rglob(SIDECAR)) and rows(engine) == {}
+
 def test_a_journal_entry_naming_a_scan_db_elsewhere_writes_nothing_there(env, libs, engine, tmp_path):
     """The journal is a file in staging: an entry whose scan id is a path gets no scan DB written
     outside the scan DB directory; the album is still finished."""

@@ -33,8 +33,9 @@ from melodee_pipeline.staging.validation import is_image
 
 MIME_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp", "image/bmp": ".bmp"}
 REFUSED = ""  # owner of a media file the scan refused: it stays in inbound
-# A folder named as one disc of an album: `CD1`, `Disc 2`, `Record disk_3` (beets' markers); not `ABCD 1999`.
-DISC_FOLDER = re.compile(rb"(?:^|[\W_])(?:cd|dis[ck])[\W_]*\d", re.IGNORECASE)
+# A folder named as one disc of an album: `CD1`, `Disc 2`, `Record (disk_3)` (beets' markers); not
+# `ABCD 1`, `Record (CD 1999)`, `[CD 24-96]` or `CD 320kbps`: a one- or two-digit number, then a separator.
+DISC_FOLDER = re.compile(rb"(?:^|[\W_])(?:cd|dis[ck])[\W_]*\d{1,2}(?=$|[\s_)\]])", re.IGNORECASE)
 
 
 class FolderExtras:

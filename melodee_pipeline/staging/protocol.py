@@ -180,7 +180,7 @@ def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior:
         return
     entry = journal.Entry(
         out.album_dir, journal.MOVING, scan_id, info,
-        [journal.JournalFile(display_path(a.source), a.name, a.sha256, a.size, a.track, a.action) for a in out.actions + out.extras],
+        [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track, a.action) for a in out.actions + out.extras],
         list(out.warnings), gained=bool(prior and prior.gained),
     )
     journal.write(root, entry)
