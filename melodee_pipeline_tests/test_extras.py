@@ -302,6 +302,24 @@ def test_the_folder_above_waits_for_a_disc_folder_still_being_copied(dirs):
                                           "album.melodee.json", "cover.png"]
 
 
+
+@pytest.mark.parametrize("arriving", ["CD2/01 Two.flac.part", "CD2/Bonus/01 Three.flac"])
+def test_the_folder_above_waits_while_anything_below_it_is_still_being_copied(dirs, arriving):
+    """A copy in progress may not look like music yet (`.part`), or sit a level deeper."""
+    album(dirs["inbound"], "Band", "Record", 2001, ["One"], ".flac", folder="Record/CD1", disc=1)
+    above = dirs["inbound"] / "Record"
+    (above / "cover.png").write_bytes(png_bytes(1))
+    (above / arriving).parent.mkdir(parents=True, exist_ok=True)
+    (above / arriving).write_bytes(b"\0" * 100)
+    old = time.time() - 3600
+    for path in dirs["inbound"].rglob("*"):
+        if path.name != os.path.basename(arriving):
+            os.utime(path, (old, old))
+    scan = scan_inbound(str(dirs["inbound"]), str(dirs["scans"]), workers=1, min_file_age_seconds=60)
+    group_albums(scan.scan_db)
+    staged = stage_albums(scan.scan_db, str(dirs["staging"]), workers=2)
+    assert staged.files_moved == 1 and staged.extras_moved == 0 and (above / "cover.png").exists()
+
 def test_a_killed_run_finished_later_keeps_the_folder_above_while_a_disc_track_stays(dirs):
     above = discs(dirs)
     before = snapshot(dirs["inbound"])

@@ -31,11 +31,11 @@ class Skip:
 class _Above:
     """A folder without media of its own, not the root: the folder above an album's disc folders
     (CD1, CD2) holds its cover. Its other files go to `on_extra` once its subtree is walked, if a
-    folder right below it holds media and none right below was left for a later scan."""
+    folder right below it holds media and no folder below it is still being copied or unlistable."""
     folder: bytes
     others: list
     media_below: bool = False
-    held: bool = False  # a folder right below is still being copied, or could not be listed
+    held: bool = False  # a folder below is still being copied, or could not be listed
 
 
 def walk_inbound(
@@ -71,8 +71,8 @@ def walk_inbound(
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             on_skip(Skip(directory, f"cannot list directory: {exc.strerror}", 0))
-            if parent:
-                parent.held = True
+            for a in above:  # what it holds is unknown: it may be a disc of their album
+                a.held = True
             continue
         media, others, young = [], [], False
         subdirs = []
@@ -98,8 +98,8 @@ def walk_inbound(
         if young:
             if media:
                 on_skip(Skip(directory, f"modified less than {min_file_age_seconds}s ago (still being copied?)", len(media)))
-                if parent:
-                    parent.held = True
+            for a in above:  # music may be arriving (`01.flac.part`, rsync's `.01.flac.XyZ12`): wait for it
+                a.held = True
             continue
         if media:
             if parent:
