@@ -169,6 +169,7 @@ def test_sigkill_while_extras_move_converges_on_the_next_run(point, dirs):
     assert process(dirs).returncode == 0
     target = dirs["staging"] / "BAN/Band/2001 - Record"
     assert sorted(os.listdir(target)) == sorted(["01 - One.flac", "02 - Two.flac", "album.melodee.json", *extras])
+    assert tree(dirs["inbound"]) == {}  # the folder the finished album emptied is gone too
     assert without_sidecars(snapshot(dirs["inbound"], dirs["staging"])) == sorted(before.values())
     assert sidecar(target)["album"]["image_count"] == 2
 

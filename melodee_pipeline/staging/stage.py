@@ -99,20 +99,22 @@ def recover_interrupted(staging_root: str, logger: logging.Logger, scan_db_dir: 
         staged.update(a.sha256 for a in out.actions + out.extras if a.placed)
         logger.warning(f"finished interrupted album {entry.album_dir} from the journal: {out.tracks} track(s) present"
                        + (f"; {'; '.join(out.warnings)}" if out.warnings else ""))
-        if scan_db_dir:
-            _record_in_its_scan(scan_db_dir, entry, out, logger)
+        inbound = _record_in_its_scan(scan_db_dir, entry, out, logger) if scan_db_dir else None
+        if inbound:
+            _remove_empty_dirs({os.path.dirname(a.source) for a in out.actions + out.extras if a.placed}, os.fsencode(inbound))
     return staged
 
 
-def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcome, logger: logging.Logger) -> None:
+def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcome, logger: logging.Logger) -> str | None:
     """An album a killed run began, finished now, goes into that run's scan DB as its outcome:
-    its sidecar and row carry that run's scan id, so `undo --scan <id>` must find it there."""
+    its sidecar and row carry that run's scan id, so `undo --scan <id>` must find it there.
+    Returns the inbound root that run scanned, once recorded."""
     if not scandb.is_scan_id(entry.scan_id):
-        return  # the journal is a file in staging: its scan id names a scan DB in the directory, or none
+        return None  # the journal is a file in staging: its scan id names a scan DB in the directory, or none
     try:
         path = scandb.find_scan_db(scan_db_dir, entry.scan_id)
     except UserError:
-        return  # pruned (keep_scan_dbs), or kept elsewhere: that scan cannot be undone anyway
+        return None  # pruned (keep_scan_dbs), or kept elsewhere: that scan cannot be undone anyway
     try:
         with closing(scandb.open_existing(path)) as conn:
             for table in ("scanned_files", "scanned_extras"):  # once per scan DB; a killed run may leave thousands
@@ -132,7 +134,7 @@ def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcom
 
             tracks, extras = scanned("scanned_files", out.actions), scanned("scanned_extras", out.extras)
             if not tracks:
-                return  # none of its tracks is in that scan: nothing an undo of it could return
+                return None  # none of its tracks is in that scan: nothing an undo of it could return
             info = entry.album
             album = Album(groups[0], info.get("artist", ""), info.get("album", ""), int(info.get("year") or 0),
                           list(info.get("genres") or []), bool(info.get("is_compilation")), info.get("code", ""),
@@ -141,9 +143,11 @@ def _record_in_its_scan(scan_db_dir: str, entry: journal.Entry, out: AlbumOutcom
             if scandb.get_info(conn, "staged") != "1":
                 scandb.set_info(conn, staged=1, dry_run=0)
             conn.commit()
+            return scandb.get_info(conn, "inbound_path")
     except (sqlite3.Error, OSError, UserError) as exc:
         logger.warning(f"could not record the finished album {entry.album_dir} in its scan DB {path}: {exc}; "
                        f"`undo --scan {entry.scan_id}` will not find it")
+        return None
 
 
 def _as_planned(a: FileAction, entry: journal.Entry) -> str:
