@@ -88,7 +88,7 @@ def walk_inbound(
                     st = entry.stat(follow_symlinks=False)
                     if min_file_age_seconds and st.st_mtime > now - min_file_age_seconds:
                         young = True
-                    if is_media(entry.name) and not entry.name.startswith(b"._"):  # `._` : macOS metadata (AppleDouble)
+                    if is_media(entry.name) and not entry.name.startswith(b"._"):  # `._*`: macOS metadata, never audio
                         media.append((entry.path, st))
                     elif not entry.name.startswith(b"."):
                         others.append((entry.path, st))

@@ -2,9 +2,9 @@
 
 A folder's extras travel with its music only when every media file of that folder belongs to one
 album: a folder whose music goes to several albums, or holds a file the scan refused, keeps them
-(the album's sidecar says so). An album whose discs sit in sibling folders (CD1, CD2) also gets
-the extras of the folder above them, if that folder holds no music of its own and all the music
-right below it is this album's. Extras move through the album's own protocol steps (journaled
+(the album's sidecar says so). An album whose discs sit in sibling folders (CD1, CD2), or in one
+folder named as a disc, also gets the extras of the folder above them, if that folder holds no
+music of its own and all the music right below it is this album's. Extras move through the album's own protocol steps (journaled
 with sticky names before the first move, never overwriting, identical bytes deduplicated), after
 the folder's music is in place. They are files without a sidecar track entry.
 
