@@ -60,7 +60,7 @@ def add_library(conn: sa.Connection, name: str, type_: str, path: str) -> Librar
     if type_ in ("inbound", "staging"):
         same = [lib for lib in existing if lib.type == type_]
         if same:
-            raise UserError(f"a {type_} library is already configured (id {same[0].id}); exactly one is allowed")
+            raise UserError(f"{'an' if type_[0] in 'aeiou' else 'a'} {type_} library is already configured (id {same[0].id}); exactly one is allowed")
     for lib in existing:
         if _same_directory(lib.path, path):
             raise UserError(f"{path} is already {lib.type} library {lib.name!r} (id {lib.id}) at {lib.path}; "

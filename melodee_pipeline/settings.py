@@ -177,11 +177,14 @@ def set_setting(conn: sa.Connection, key: str, value: str) -> Any:
 
 
 def insert_missing_keys(conn: sa.Connection) -> list[str]:
-    """Add the `staging_scan.*` keys that are missing, with their defaults, to a settings table that
-    already has rows. An empty table is left alone: Melodee seeds its own defaults only into an
-    empty table, and a row written first by us would stop that for good. (No race: a table seen
-    non-empty stays so, and one seen empty is not written.) Returns the keys added."""
-    if conn.execute(sa.select(sa.literal(1)).select_from(settings_table).limit(1)).first() is None:
+    """Add the `staging_scan.*` keys that are missing, with their defaults, to a settings table
+    Melodee seeded: one holding a key of its own (not `staging_scan.*`), so its admin UI lists them.
+    An empty table is left alone: Melodee seeds its defaults only into an empty table, and a row
+    written first by us would stop that for good. Nor are keys added beside rows only `settings set`
+    wrote: an unset key keeps following its default. (No race: a table seen with such a row keeps
+    it, and one seen without is not written.) Returns the keys added."""
+    melodees = settings_table.c.key.not_like("staging\\_scan.%", escape="\\")
+    if conn.execute(sa.select(sa.literal(1)).select_from(settings_table).where(melodees).limit(1)).first() is None:
         return []
     present = set(read_raw(conn))
     missing = [s for k, s in SPECS.items() if k not in present]

@@ -27,6 +27,19 @@ def test_db_init_creates_tables_but_no_settings_and_is_idempotent(engine):
         assert set(sa.inspect(conn).get_table_names()) == {"libraries", "settings", "staging_items"}
 
 
+
+def test_db_init_adds_no_keys_beside_rows_only_settings_set_wrote(engine):
+    """Without Melodee's own rows, an unset key keeps following its default (`settings list`
+    marks it so) however often `db init` runs."""
+    from melodee_pipeline.settings import read_raw, set_setting
+
+    init_db(engine)
+    with engine.begin() as conn:
+        set_setting(conn, "staging_scan.workers", "2")
+    assert init_db(engine)["settings"] == []
+    with engine.connect() as conn:
+        assert read_raw(conn) == {"staging_scan.workers": "2"}
+
 def test_works_on_existing_melodee_tables_with_extra_columns(engine, tmp_path):
     with engine.begin() as conn:
         conn.execute(sa.text("""

@@ -100,6 +100,26 @@ def test_undo_one_album_with_the_scan_id_spelled_without_its_prefix(env, libs, e
     assert_rows_match_sidecars(libs, engine)
 
 
+
+def test_audio_copied_into_an_album_by_hand_keeps_it_in_view_after_its_tracks_are_undone(env, libs, engine, capsys):
+    """The undo returns the run's tracks; a track nobody staged stays, and so do the sidecar and the
+    row, so `reconcile` still sees the album and adds that track."""
+    two_albums(libs)
+    scan_id = run(libs, engine)
+    target = libs["staging"] / "OTH/Other/1999 - Art"
+    album(target, "Other", "Art", 1999, ["By Hand"], ".mp3", folder=".", first_track=4, seed=7)
+    old = os.stat(target).st_mtime - 3600
+    os.utime(target / "04 By Hand.mp3", (old, old))
+    assert main(["undo", "--scan", scan_id, "--album", "OTH/Other/1999 - Art"]) == 0
+    assert sorted(os.listdir(target)) == ["04 By Hand.mp3", SIDECAR]
+    assert json.loads((target / SIDECAR).read_text())["tracks"] == []
+    assert rows(engine)[str(target)][:2] == (0, "pending_review")
+    capsys.readouterr()
+    assert main(["reconcile"]) == 0
+    assert "1 added" in capsys.readouterr().out
+    assert [t["name"] for t in json.loads((target / SIDECAR).read_text())["tracks"]] == ["By Hand"]
+    assert_rows_match_sidecars(libs, engine)
+
 def test_undo_a_run_that_merged_into_an_existing_album_takes_only_its_own_files(env, libs, engine, capsys):
     album(libs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
     run(libs, engine)

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="The application database.").add_subparsers(dest="action", required=True, metavar="ACTION")
     db.add_parser("init", help="create missing tables (idempotent)",
                   description="Create the missing settings, libraries and staging_items tables (existing ones are "
-                              "never altered); writes no setting into an empty settings table (Melodee seeds it).\n" + DB_ENV).set_defaults(fn=cmd_db_init)
+                              "never altered); writes no setting into an empty settings table (Melodee seeds it), "
+                              "and adds the missing staging_scan.* keys with their defaults only to a table Melodee "
+                              "seeded (one holding a key of Melodee's own).\n" + DB_ENV).set_defaults(fn=cmd_db_init)
     db.add_parser("stop", help="stop the embedded PostgreSQL under MELODEE_HOME",
                   description="Stop the embedded PostgreSQL under MELODEE_HOME (the next command starts it again); "
                               "says so when none is running. A server in MELODEE_DATABASE_URL is never touched."
@@ -147,9 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(fn=cmd_process_scan)
 
     rc = sub.add_parser("reconcile", help="walk staging: repair sidecars and staging_items rows",
-                        description="Walk the whole staging tree (a run never does) and repair drift: a sidecar "
-                                    "listing files that are gone is rewritten without them (removed when none is "
-                                    "left); a row that differs from its sidecar is updated. A missing row was "
+                        description="First records what the journal still owes (albums a killed run left), "
+                                    "then walks the whole staging tree (a run never does) and repairs drift: a "
+                                    "sidecar listing files that are gone is rewritten without them (removed when "
+                                    "none is left); valid audio copied into an album directory by hand is added to "
+                                    "its sidecar; a row that differs from its sidecar is updated. A missing row was "
                                     "deleted by the admin and is re-created only with --restore-deleted; rows "
                                     "whose album is gone are reported, never deleted. Takes the staging lock.")
     rc.add_argument("--dry-run", action="store_true", help="report only: change no file and no row (default: off)")

@@ -95,7 +95,7 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
 
 def open_existing(path: str | os.PathLike) -> sqlite3.Connection:
     if not os.path.isfile(path):
-        raise UserError(f"scan database {path} does not exist")
+        raise UserError(f"scan database {path} does not exist (a scan DB file: `scan_<date>_<time>_<id>.db` in the scan DB directory)")
     conn = connect(path)
     if get_info(conn, "scan_id") is None:
         conn.close()
@@ -171,7 +171,7 @@ def find_scan_db(directory: str, scan_id: str) -> str:
         path = os.path.join(directory, f"{name}.db")
         if os.path.isfile(path):
             return path
-    raise UserError(f"no scan DB for scan {scan_id} in {directory} (kept: the newest staging_scan.keep_scan_dbs)")
+    raise UserError(f"no scan DB for scan {scan_id} in {directory}: check the id (in the album's sidecar, its row or the run's summary); only the newest staging_scan.keep_scan_dbs are kept")
 
 
 def get_info(conn: sqlite3.Connection, key: str) -> str | None:

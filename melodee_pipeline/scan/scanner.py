@@ -160,7 +160,7 @@ def scan_inbound(
         prune_error = f"could not delete old scan DBs: {exc}"
     # One event for the scan, refusals or not: in Dagster each costs a Postgres round trip or more.
     # A warning when something is newly refused; leftovers already reported are news to no one.
-    lines = [f"scan {scan_id}: {files} files, {valid} valid, {files - valid} invalid, {skipped} skipped "
+    lines = [f"scan {scan_id}: {scandb.counted(files, 'file')}, {valid} valid, {files - valid} invalid, {skipped} skipped "
              f"in {seconds:.1f}s -> {path}"]
     if files - valid:
         listed = ", ".join(f"{reason} ({n})" for reason, n in reasons.most_common())

@@ -11,6 +11,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from melodee_pipeline.scan.walk import is_media
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.extras import extract_cover
 from melodee_pipeline.staging.paths import ensure_inside
@@ -56,8 +57,10 @@ def write_sidecar(root: str, album_dir: str, scan_id: str, info: dict, tmp_dir: 
     before = _fingerprint(doc) if existing else None
     doc["tracks"] = present_tracks(root, doc)
     added = sc.merge_tracks(doc, list(placed))
-    if not doc["tracks"]:
+    if not doc["tracks"] and not (existing and _holds_audio(album_dir)):
         # Nothing of this album is here (every move failed, or its files left): no phantom album.
+        # Audio the sidecar never listed (copied in by hand) keeps it, so the album stays in view:
+        # its row, and `reconcile`, which adds such audio to the sidecar.
         if existing:
             os.unlink(os.path.join(album_dir, sc.SIDECAR_NAME))
         remove_empty_dirs(root, album_dir)
@@ -71,6 +74,10 @@ def write_sidecar(root: str, album_dir: str, scan_id: str, info: dict, tmp_dir: 
         sc.write_atomic(album_dir, doc, tmp_dir)
         written.changed = True
     return written
+
+
+def _holds_audio(album_dir: str) -> bool:
+    return any(is_media(os.fsencode(n)) and not n.startswith(".") for n in os.listdir(album_dir))
 
 
 def refresh_checks(album_dir: str, doc: dict, cover: str | None = None) -> list[str]:
