@@ -61,6 +61,9 @@ def _settings_epilog() -> str:
     lines = ["setting keys, their defaults and rules:"]
     for key, spec in SPECS.items():
         lines.append(f"  {key:<{width}}  {spec.default!r:<22}  {getattr(spec, 'comment', '')}")
+    lines += ["booleans: 1, t, T, TRUE, true, True, yes / 0, f, F, FALSE, false, False, no (yes and no in any case);",
+              "scan_db_data_path: an absolute directory, neither inside a library nor containing one;",
+              "integers: >= 0 (workers 1..64, keep_scan_dbs >= 1)"]
     return "\n".join(lines)
 
 
