@@ -300,6 +300,19 @@ def test_refusals_command_lists_every_refused_file_and_skipped_path(tmp_path, ca
     assert capsys.readouterr().err == f"error: no scan database in {tmp_path / 'nothing'}\n"
 
 
+def test_refusals_command_takes_a_runs_scan_id(env, libs, capsys):
+    from melodee_pipeline.cli import main
+
+    (libs["inbound"] / "junk.mp3").write_bytes(b"not audio" * 100)
+    scan = scan_inbound(str(libs["inbound"]), str(libs["scandbs"]), workers=1, min_file_age_seconds=0)
+    for spelled in (scan.scan_id, scan.scan_id.removeprefix("scan_")):
+        assert main(["refusals", "--scan", spelled]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith(f"{libs['inbound'] / 'junk.mp3'}\tcorrupt or not audio: ") and err.endswith(f"in {scan.scan_db}\n")
+    assert main(["refusals", "--scan", "scan_20000101_000000_0000"]) == 2
+    assert "no scan DB for scan scan_20000101_000000_0000" in capsys.readouterr().err
+
+
 def test_a_scan_with_nothing_to_read_starts_no_worker(tmp_path, monkeypatch):
     """Starting workers costs more than a run over remembered refusals (a spawn imports mediafile
     in each): they start only when a file is to be read."""

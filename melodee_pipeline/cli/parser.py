@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     rf = sub.add_parser("refusals", help="list every refused file and skipped path of a scan DB, with its reason",
                         description="Every file a scan refused and every path it skipped, with the reason.")
     which = rf.add_mutually_exclusive_group(required=True)
-    which.add_argument("--scan", help="a scan DB file (required, or --dir)")
+    which.add_argument("--scan", help="a scan DB file, or a run's scan_id (looked up in staging_scan.scan_db_data_path) "
+                                      "(required, or --dir)")
     which.add_argument("--dir", help="a scan DB directory: its newest scan DB (required, or --scan)")
     rf.set_defaults(fn=cmd_refusals)
 

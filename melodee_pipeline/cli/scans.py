@@ -27,6 +27,8 @@ def cmd_refusals(args) -> int:
     from melodee_pipeline.scan import scandb
 
     path = args.scan or scandb.newest(args.dir)
+    if args.scan and not os.path.isfile(args.scan) and scandb.is_scan_id(args.scan):
+        path = scandb.find_scan_db(_configured_scan_dir(), args.scan)  # a run's scan_id, as its summary shows it
     with closing(scandb.open_existing(path)) as conn:
         refused = skipped = 0
         for refused, (file_path, reason, since) in enumerate(scandb.refused(conn), 1):
@@ -35,6 +37,15 @@ def cmd_refusals(args) -> int:
             print(f"{skip_path}\tskipped: {reason} ({scandb.counted(files, 'file')})\t")
     print(f"{scandb.counted(refused, 'refused file')}, {scandb.counted(skipped, 'skipped path')} in {path}", file=sys.stderr)
     return 0
+
+
+def _configured_scan_dir() -> str:
+    from melodee_pipeline.db.engine import reported
+    from melodee_pipeline.settings import load_settings
+
+    engine = database.engine()
+    with reported(engine), engine.connect() as conn:
+        return load_settings(conn).scan_db_data_path
 
 
 def _database_configured() -> bool:
