@@ -114,23 +114,27 @@ def test_a_recalled_row_is_the_refusal_as_first_written_whatever_the_name(tmp_pa
     assert second.unchanged == 3 and second.files == first.files == 4
     assert rows(second.scan_db, IDENTITY) == rows(first.scan_db, IDENTITY)
     assert rows(second.scan_db, IDENTITY)[odd][0] == f"{inbound}/caf\\xe9 \\xff.mp3"
-    created = {p for (p,) in sqlite3.connect(second.scan_db).execute(
-        "SELECT path_bytes FROM scanned_files WHERE created_at = ?", (created_at(second.scan_db),))}
-    assert len(created) == 4  # each row is this scan's, the recalled ones included
-    # Their tags were never read again: text empty, numbers unknown.
-    tags_of = rows(second.scan_db, ("artist", "path_bytes", "title", "duration", "track_number", "warnings"))
-    assert set(tags_of.values()) == {("", p, "", None, None, "") for p in tags_of}
+    # Whole: its tags as read then, and the scan that wrote it (it was not read again).
+    assert whole_rows(second.scan_db) == whole_rows(first.scan_db)
+    assert whole_rows(second.scan_db)[os.fsencode(inbound / "no_title.flac")]["artist"] == "A"
+    assert {r["created_at"] for r in whole_rows(second.scan_db).values()} == {created_at(first.scan_db)}
 
 
-@pytest.mark.parametrize("name", ["refusals.db", "refusals-v2.db"])
+def whole_rows(scan_db: str) -> dict[bytes, dict]:
+    conn = sqlite3.connect(scan_db)
+    conn.row_factory = sqlite3.Row
+    return {r["path_bytes"]: dict(r) for r in conn.execute("SELECT * FROM scanned_files WHERE is_valid = 0")}
+
+
+@pytest.mark.parametrize("name", ["refusals.db", "refusals-v2.db", "refusals-v3.db"])
 def test_refusals_an_older_version_remembered_are_left_to_it(tmp_path, name):
     """An older version's file (v1: before file_path and modified_time; v2: reasons that repeat
-    the file's name) is neither read nor changed: that version, rolled back to, still works with
+    the file's name; v3: a table of its own, not a scan DB) is neither read nor changed: that version, rolled back to, still works with
     it. This one reads those files once."""
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scans.mkdir()
     old = sqlite3.connect(scans / name)
-    v2 = ", file_path TEXT NOT NULL, modified_time INTEGER" if name == "refusals-v2.db" else ""
+    v2 = ", file_path TEXT NOT NULL, modified_time INTEGER" if name != "refusals.db" else ""
     old.execute("CREATE TABLE refusals (path_bytes BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, "
                 "ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, reason TEXT NOT NULL, file_hash TEXT NOT NULL, "
                 f"first_refused INTEGER NOT NULL{v2})")
@@ -150,24 +154,30 @@ def test_refusals_an_older_version_remembered_are_left_to_it(tmp_path, name):
 
 
 def test_a_scan_that_ends_while_another_reads_takes_nothing_from_it(tmp_path, memory, monkeypatch):
-    """What a scan recalls and what it copies come from one snapshot of the remembered refusals:
+    """What a scan recalls and the rows it keeps come from one copy of the remembered refusals:
     another scan of the same directory (`scan-inbound` beside a run) may replace them meanwhile."""
 
     inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
     first = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
     (tmp_path / "elsewhere").mkdir()
-    real = refusals.Refusals.write_recalled
+    real = refusals.Refusals.finish
 
-    def another_scan_first(self, scan_db, created_at):
-        monkeypatch.setattr(refusals.Refusals, "write_recalled", real)
+    def another_scan_first(self, *args):
+        monkeypatch.setattr(refusals.Refusals, "finish", real)
         other = scan_inbound(str(tmp_path / "elsewhere"), scans, workers=1, min_file_age_seconds=0)
-        assert other.files == 0  # it remembers no refusal now
-        return real(self, scan_db, created_at)
+        assert other.files == 0 and remembered(scans) == []  # it remembers no refusal now
+        return real(self, *args)
 
-    monkeypatch.setattr(refusals.Refusals, "write_recalled", another_scan_first)
+    monkeypatch.setattr(refusals.Refusals, "finish", another_scan_first)
     second = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
     assert (second.files, second.invalid, second.unchanged) == (3, 2, 2)
     assert rows(second.scan_db, IDENTITY) == rows(first.scan_db, IDENTITY)
+
+
+def remembered(scans) -> list[tuple[bytes, str]]:
+    """The remembered refusals: (path, reason) by path."""
+    return sqlite3.connect(os.path.join(scans, refusals.FILE)).execute(
+        "SELECT path_bytes, validation_error FROM scanned_files ORDER BY path_bytes").fetchall()
 
 
 def test_a_name_the_listing_repeats_copies_no_other_refusal(tmp_path, memory, monkeypatch):
@@ -196,8 +206,7 @@ def test_a_name_the_listing_repeats_copies_no_other_refusal(tmp_path, memory, mo
         "SELECT file_path FROM scanned_files WHERE is_valid = 1")}
     assert valid == {"good.mp3", "no_title.flac"}
     assert set(refused(second.scan_db)) == {"junk.ogg"}
-    remembered = sqlite3.connect(os.path.join(scans, refusals.FILE)).execute("SELECT path_bytes FROM refusals")
-    assert [os.path.basename(p) for (p,) in remembered] == [b"junk.ogg"]
+    assert [os.path.basename(p) for p, _ in remembered(scans)] == [b"junk.ogg"]
 
 
 def test_two_names_shown_alike_are_two_files(tmp_path):
@@ -227,8 +236,7 @@ def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path, memo
     third = scan()
     assert third.unchanged == 1
     assert rows(third.scan_db, IDENTITY) == as_second  # one of the two recalled: its row alone is copied
-    remembered = sqlite3.connect(scans / refusals.FILE).execute("SELECT path_bytes, reason FROM refusals").fetchall()
-    assert remembered == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
+    assert remembered(scans) == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
 
 
 class Records(logging.Handler):
@@ -354,18 +362,21 @@ def test_a_bug_in_our_own_code_is_not_a_corrupt_file_and_is_not_remembered(tmp_p
     assert second.valid == 1 and "good.mp3" not in refused(second.scan_db)
 
 
-def test_the_snapshot_is_in_memory_only_while_the_refusals_are_few(tmp_path, monkeypatch):
+def test_the_remembered_refusals_are_held_in_memory_only_while_few(tmp_path, monkeypatch):
     """A million remembered refusals must not sit in memory for the whole scan: past
-    IN_MEMORY_MAX the snapshot is a temp file, as the lookups are queries."""
+    IN_MEMORY_MAX each file is looked up in the scan DB."""
+    from melodee_pipeline.scan import scandb
+
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)  # remembers 2
-    temp_store = {}
+    st = os.stat(inbound / "junk.ogg")
+    held = {}
     for limit in (2, 1):
         monkeypatch.setattr(refusals, "IN_MEMORY_MAX", limit)
-        r = refusals.Refusals(str(scans))
-        temp_store[limit] = (r.conn.execute("PRAGMA temp_store").fetchone()[0], r.known is not None)
-        r.close()
-    assert temp_store == {2: (2, True), 1: (0, False)}  # 2: MEMORY; 0: the default, a file
+        _, path, note = refusals.start(str(scans))
+        r = refusals.Refusals(scandb.connect(path))
+        held[limit] = (r.known is not None, r.recall(os.fsencode(inbound / "junk.ogg"), st) is not None, note)
+    assert held == {2: (True, True, None), 1: (False, True, None)}
 
 
 def test_a_scan_db_that_cannot_be_pruned_is_a_line_of_the_report_not_a_failure(tmp_path, monkeypatch):
@@ -404,3 +415,66 @@ def test_a_folder_skipped_for_a_while_keeps_what_is_remembered_of_it(tmp_path):
     assert opened == ["arriving.mp3", "good.mp3"] and later.unchanged == 2
     columns = ("file_path", "path_bytes", "validation_error", "refused_since")
     assert rows(later.scan_db, columns) == rows(first.scan_db, columns)  # as first refused, not again
+
+
+def test_a_damaged_memory_costs_one_full_read_and_says_so(tmp_path):
+    """The remembered refusals are a cache: garbage in their file (a disk error, a foreign file
+    under the name) is reported on the scan's summary, every file is read, and the next scan
+    remembers again."""
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, logger=logging.getLogger("t.damaged"))
+    scan()
+    for garbage in (b"not a database" * 100, None):
+        if garbage is None:  # a real SQLite file, but not ours
+            (scans / refusals.FILE).unlink()
+            sqlite3.connect(scans / refusals.FILE).execute("CREATE TABLE other (x)").connection.commit()
+        else:
+            (scans / refusals.FILE).write_bytes(garbage)
+        handler = Records()
+        logging.getLogger("t.damaged").addHandler(handler)
+        try:
+            result, opened = opened_during(inbound, scan)
+        finally:
+            logging.getLogger("t.damaged").removeHandler(handler)
+        assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and (result.invalid, result.unchanged) == (2, 0)
+        assert f"remembered refusals {scans / refusals.FILE} unusable" in handler.messages[0]
+        assert len(remembered(scans)) == 2 and scan().unchanged == 2
+
+
+def test_a_memory_that_cannot_be_written_fails_no_scan(tmp_path, monkeypatch, memory):
+    """Writing what is remembered is housekeeping: failing (a full disk), the scan is whole, the
+    summary says so, and the next scan reads the leftovers again."""
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, logger=logging.getLogger("t.full"))
+    first = scan()
+    (inbound / "junk.ogg").unlink()
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    handler = Records()
+    logging.getLogger("t.full").setLevel(logging.INFO)
+    logging.getLogger("t.full").addHandler(handler)
+    try:
+        with monkeypatch.context() as mp:
+            mp.setattr(refusals.os, "replace", full)
+            second = scan()
+    finally:
+        logging.getLogger("t.full").removeHandler(handler)
+    assert (second.files, second.invalid, second.unchanged) == (2, 1, 1)
+    assert set(refused(second.scan_db)) == {"no_title.flac"}  # the gone file's row is not this scan's
+    assert handler.messages[0].splitlines()[-1].startswith(f"could not remember this scan's refusals in {scans / refusals.FILE} (")
+    assert sorted(p.name for p in scans.iterdir() if not p.name.startswith("scan_")) == [refusals.FILE]  # nothing half-written
+    assert len(remembered(scans)) == 2  # the first scan's memory stands
+    assert scan().unchanged == 1 and remembered(scans) == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
+    assert first.scan_id in sqlite3.connect(first.scan_db).execute("SELECT value FROM scan_info WHERE key = 'scan_id'").fetchone()
+
+
+def test_what_is_remembered_is_one_file_naming_its_scan(tmp_path):
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    first = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    beside = sorted(p.name for p in scans.iterdir() if not p.name.startswith("scan_"))
+    assert beside == [refusals.FILE]  # no -wal, -shm or temp file left
+    memory = sqlite3.connect(scans / refusals.FILE)
+    assert memory.execute("SELECT key, value FROM scan_info").fetchall() == [("refusals_of", first.scan_id)]
+    assert memory.execute("SELECT count(*) FROM scanned_files WHERE is_valid = 1").fetchone() == (0,)

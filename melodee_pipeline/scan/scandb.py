@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS scanned_files (
     validation_error TEXT NOT NULL DEFAULT '',
     album_group_hash TEXT NOT NULL DEFAULT '',
     album_group_id TEXT NOT NULL DEFAULT '',
-    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))  -- Unix seconds
+    created_at INTEGER NOT NULL DEFAULT (strftime('%s', 'now'))  -- Unix seconds: the scan that wrote
+                                         -- the row (a leftover's: the scan that refused it first)
     -- and ADDED_COLUMNS below
 );
 CREATE INDEX IF NOT EXISTS scanned_files_group ON scanned_files(album_group_id);
@@ -103,8 +105,9 @@ def open_existing(path: str | os.PathLike) -> sqlite3.Connection:
     return conn
 
 
-def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
-    """Create a new, empty scan DB in `directory`; returns (scan_id, path)."""
+def create(directory: str, now: datetime | None = None, template: str | None = None) -> tuple[str, str]:
+    """Create a new scan DB in `directory`, empty or a copy of the scan DB `template` (the
+    remembered refusals); returns (scan_id, path)."""
     now = now or datetime.now(timezone.utc)
     try:
         os.makedirs(directory, exist_ok=True)
@@ -117,12 +120,22 @@ def create(directory: str, now: datetime | None = None) -> tuple[str, str]:
     scan_id = f"{PREFIX}{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
     path = os.path.join(directory, f"{scan_id}.db")
     try:
+        if template is not None:
+            shutil.copyfile(template, path)
         conn = connect(path)
-    except sqlite3.Error as exc:
+        try:
+            if template is not None and get_info(conn, "refusals_of") is None:
+                raise sqlite3.DatabaseError("not remembered refusals")
+            with conn:
+                set_info(conn, scan_id=scan_id, created_at=now.isoformat())
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        for suffix in ("", "-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
+        if template is not None:
+            raise
         raise UserError(f"cannot create scan DB {path}: {exc}") from None
-    with conn:
-        set_info(conn, scan_id=scan_id, created_at=now.isoformat())
-    conn.close()
     return scan_id, path
 
 
@@ -186,12 +199,15 @@ def counted(n: int, noun: str) -> str:
 
 def refused(conn: sqlite3.Connection, limit: int = -1) -> Iterator[tuple[str, str, str]]:
     """(path, reason, since) of the files this scan refused, by path. `since` tells a new refusal
-    from a leftover that was not read again."""
+    from a leftover that was not read again (its row, copied from the remembered refusals, was
+    written by an earlier scan)."""
+    started = get_info(conn, "created_at")
+    started = int(datetime.fromisoformat(started).timestamp()) if started else None
     for path, reason, since, created in conn.execute(
         "SELECT file_path, validation_error, refused_since, created_at FROM scanned_files "
-        "WHERE is_valid = 0 ORDER BY file_path LIMIT ?", (limit,)
+        "WHERE is_valid = 0 ORDER BY path_bytes LIMIT ?", (limit,)
     ):
-        if not isinstance(since, int) or since == created:
+        if not isinstance(since, int) or since >= (created if started is None else started):
             yield path, reason, "refused in this scan"
         else:
             yield path, reason, f"still refused, unchanged since {datetime.fromtimestamp(since, timezone.utc):%Y-%m-%d %H:%M:%S} UTC"

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from melodee_pipeline import faults
 from melodee_pipeline.parallel import batched, bounded_map, process_pool
 from melodee_pipeline.progress import Progress
-from melodee_pipeline.scan import scandb
-from melodee_pipeline.scan.refusals import Refusals
+from melodee_pipeline.scan import refusals, scandb
 from melodee_pipeline.scan.tags import ROW_COLUMNS, Identity, display_path, read_media_files, sha256_file
 from melodee_pipeline.scan.walk import Skip, walk_inbound
 
@@ -58,12 +57,12 @@ def scan_inbound(
 ) -> ScanResult:
     logger = logger or log
     started = time.monotonic()
-    scan_id, path = scandb.create(scan_db_dir)
+    scan_id, path, memory_note = refusals.start(scan_db_dir)  # the remembered refusals' rows already in it
     conn = scandb.connect(path)
     scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds)
     conn.commit()
     created_at = int(time.time())
-    refusals = Refusals(scan_db_dir)
+    remembered = refusals.Refusals(conn)
     skipped = 0
 
     # In Dagster each log call is an event written to Postgres (one per refused file once cost 96%
@@ -114,11 +113,11 @@ def scan_inbound(
     recalled: Counter = Counter()  # reason -> files: most leftovers share a few reasons
 
     def to_read(entries):
-        """The files to read. A file refused before and unchanged since is only counted here; its
-        row is copied from what is remembered once the reading is done (`write_recalled`)."""
+        """The files to read. A file refused before and unchanged since is only counted here: its
+        row is in the scan DB already."""
         nonlocal unchanged
         for path, st in entries:
-            reason = refusals.recall(path, st)
+            reason = remembered.recall(path, st)
             if reason is None:
                 yield path, Identity.of(st)
             else:
@@ -138,7 +137,7 @@ def scan_inbound(
                 add(row, None if row[_VALID] else created_at)
         conn.executemany(_INSERT, batch)
         conn.commit()
-        refusals.write_recalled(path, created_at)
+        memory_note = remembered.finish(scan_db_dir, scan_id) or memory_note
         files += unchanged
         for reason, n in recalled.items():
             reasons[reason_category(reason)] += n
@@ -146,12 +145,10 @@ def scan_inbound(
         scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, unchanged=unchanged, skipped=skipped,
                         scan_seconds=f"{seconds:.3f}")
         conn.commit()
-        refusals.replace(path, files - valid)  # only a completed scan replaces what is remembered
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         conn.close()
-        refusals.close()
     removed, prune_error = [], None
     try:
         if keep_scan_dbs:
@@ -173,5 +170,7 @@ def scan_inbound(
         lines.append(f"deleted {scandb.counted(len(removed), 'old scan DB')}: {', '.join(removed)}")
     if prune_error:
         lines.append(prune_error)
+    if memory_note:
+        lines.append(memory_note)
     logger.log(logging.WARNING if files - valid - unchanged else logging.INFO, "\n".join(lines))
     return ScanResult(scan_id, path, files, valid, files - valid, skipped, seconds, unchanged)
