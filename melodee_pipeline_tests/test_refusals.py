@@ -423,6 +423,7 @@ def test_a_damaged_memory_costs_one_full_read_and_says_so(tmp_path):
     remembers again."""
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, logger=logging.getLogger("t.damaged"))
+    logging.getLogger("t.damaged").setLevel(logging.INFO)
     scan()
     for garbage in (b"not a database" * 100, None):
         if garbage is None:  # a real SQLite file, but not ours
@@ -439,6 +440,18 @@ def test_a_damaged_memory_costs_one_full_read_and_says_so(tmp_path):
         assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and (result.invalid, result.unchanged) == (2, 0)
         assert f"remembered refusals {scans / refusals.FILE} unusable" in handler.messages[0]
         assert len(remembered(scans)) == 2 and scan().unchanged == 2
+    # Unusable while nothing is refused: replaced all the same, not reported again on every run.
+    (inbound / "junk.ogg").unlink()
+    (inbound / "no_title.flac").unlink()
+    (scans / refusals.FILE).write_bytes(b"not a database" * 100)
+    for _ in range(2):
+        handler = Records()
+        logging.getLogger("t.damaged").addHandler(handler)
+        try:
+            assert scan().invalid == 0
+        finally:
+            logging.getLogger("t.damaged").removeHandler(handler)
+    assert len(handler.messages) == 1 and "unusable" not in handler.messages[0] and remembered(scans) == []
 
 
 def test_a_memory_that_cannot_be_written_fails_no_scan(tmp_path, monkeypatch, memory):

@@ -62,7 +62,7 @@ def scan_inbound(
     scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds)
     conn.commit()
     created_at = int(time.time())
-    remembered = refusals.Refusals(conn)
+    remembered = refusals.Refusals(conn, rewrite=memory_note is not None)
     skipped = 0
 
     # In Dagster each log call is an event written to Postgres (one per refused file once cost 96%
