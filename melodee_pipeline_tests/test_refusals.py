@@ -8,6 +8,7 @@ import os
 import sqlite3
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -491,3 +492,98 @@ def test_what_is_remembered_is_one_file_naming_its_scan(tmp_path):
     memory = sqlite3.connect(scans / refusals.FILE)
     assert memory.execute("SELECT key, value FROM scan_info").fetchall() == [("refusals_of", first.scan_id)]
     assert memory.execute("SELECT count(*) FROM scanned_files WHERE is_valid = 1").fetchone() == (0,)
+
+
+def test_a_memory_damaged_inside_its_pages_costs_one_full_read(tmp_path):
+    """Header, schema and scan_info intact, bad bytes in every data page (a bad sector): the scan
+    notes it and reads every file; it must not fail, nor every scan after it."""
+    inbound, scans = tmp_path / "in", tmp_path / "scans"
+    inbound.mkdir()
+    for i in range(300):
+        (inbound / f"junk{i:03d}.ogg").write_bytes(b"not audio" * 50)
+    age(inbound)
+    scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, logger=logging.getLogger("t.pages"))
+    scan()
+    data = bytearray((scans / refusals.FILE).read_bytes())
+    for page in range(3, len(data) // 4096):
+        data[page * 4096 + 100:page * 4096 + 200] = b"\xa5" * 100
+    (scans / refusals.FILE).write_bytes(data)
+    handler = Records()
+    logging.getLogger("t.pages").addHandler(handler)
+    try:
+        damaged = scan()
+    finally:
+        logging.getLogger("t.pages").removeHandler(handler)
+    assert (damaged.invalid, damaged.unchanged) == (300, 0)
+    assert "unusable (damaged (quick_check failed))" in handler.messages[0]
+    assert scan().unchanged == 300
+
+
+def test_a_scan_db_put_in_the_memorys_place_is_not_taken_for_it(tmp_path):
+    """Scan DBs hold valid rows, albums and their own scan_info: copied over the memory (by hand,
+    by a restore), one must not become every later scan's start, nor its valid file a refusal."""
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    begun_from_memory = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    (scans / refusals.FILE).write_bytes(open(begun_from_memory.scan_db, "rb").read())
+    second = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    assert (second.valid, second.invalid, second.unchanged) == (1, 2, 0)
+    assert scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0).unchanged == 2
+    assert [os.path.basename(p) for p, _ in remembered(scans)] == [b"junk.ogg", b"no_title.flac"]
+
+
+def test_a_file_that_could_not_be_read_is_read_again_by_the_next_scan(tmp_path, monkeypatch, memory):
+    """"unreadable: Permission denied" (or an I/O error) says nothing of the file: granted the
+    permission (a group, a scan as another user), the same unchanged bytes must be read."""
+    from melodee_pipeline.scan import tags
+
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+    real_open = open
+
+    def denied(path, *args, **kwargs):
+        if os.fsencode(path).endswith(b"good.mp3"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(tags, "open", denied, raising=False)
+        first = scan()
+    assert refused(first.scan_db)["good.mp3"][0] == "unreadable: Permission denied"
+    second, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3"] and second.valid == 1 and second.unchanged == 2
+
+
+def test_a_leftover_recalled_within_the_same_second_is_still_a_leftover(tmp_path, capsys):
+    from melodee_pipeline.cli import main
+
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    first = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
+    second = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)  # most often the same second
+    assert second.unchanged == 2
+    assert main(["refusals", "--scan", second.scan_db]) == 0
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created_at(first.scan_db)))
+    assert capsys.readouterr().out.splitlines()[1] == f"{inbound / 'no_title.flac'}\tmissing title\tstill refused, unchanged since {since} UTC"
+
+
+def test_a_scan_killed_while_its_db_is_created_leaves_no_db_without_an_id(tmp_path, capsys):
+    """Killed between the copy of the memory and its scan_id: no `scan_*.db` that `refusals` and
+    `undo` would refuse as "not a scan database"; the part left behind is pruned an hour later."""
+    import subprocess
+    import sys
+
+    from melodee_pipeline.cli import main
+    from melodee_pipeline.scan import scandb
+
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    first = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    killed = ("import os, sys\nfrom melodee_pipeline.scan import scandb, scanner\n"
+              "scandb.set_info = lambda *a, **k: os._exit(9)\n"
+              "scanner.scan_inbound(sys.argv[1], sys.argv[2], workers=1, min_file_age_seconds=0)\n")
+    assert subprocess.run([sys.executable, "-c", killed, str(inbound), str(scans)]).returncode == 9
+    [part] = [p for p in scans.iterdir() if p.name.endswith(scandb.PART)]
+    assert sorted(scans.glob("scan_*.db")) == [Path(first.scan_db)]
+    assert main(["refusals", "--dir", str(scans)]) == 0 and capsys.readouterr().err.endswith(f"in {first.scan_db}\n")
+    os.utime(part, (time.time() - 7200, time.time() - 7200))
+    later = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0, keep_scan_dbs=5)
+    assert not part.exists() and later.unchanged == 2

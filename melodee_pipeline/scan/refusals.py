@@ -12,8 +12,9 @@ The walk recalls a remembered file whose size, mtime, inode and ctime are unchan
 catches a chmod that makes an unreadable file readable); `finish` then deletes the rows it did
 not recall (gone, changed and read again, skipped) and, when anything changed, writes the new
 memory. A recalled row is the row as the scan that read the file wrote it, `created_at` and
-`refused_since` included. A file our own code failed on (`tags.INTERNAL_ERROR`, a bug) is never
-remembered: once the bug is fixed, the next scan reads it.
+`refused_since` included. A file our own code failed on (`tags.INTERNAL_ERROR`, a bug) or that could
+not be read (permissions, I/O) is never remembered: once the bug is fixed or the file readable, the
+next scan reads it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ import sqlite3
 import time
 
 from melodee_pipeline.scan import scandb
-from melodee_pipeline.scan.tags import INTERNAL_ERROR
+from melodee_pipeline.scan.tags import INTERNAL_ERROR, UNREADABLE
 
 # v4: a scan DB (v3 and older: a table of their own). A new name each time, so that an older
 # version (a rollback, a second install sharing the directory) keeps its own file instead of
 # failing on it; the first scan with v4 reads the leftovers once more.
 FILE = "refusals-v4.db"
 _TEMP = f"{FILE}.tmp-"  # + a random part: a new memory is written aside, then renamed over FILE
+# Reasons that say nothing of the file's content, only of this reading: a bug of ours (fixed, the
+# file goes through), a permission or an I/O error (granted or gone, the same bytes read fine).
+NOT_REMEMBERED = (INTERNAL_ERROR, f"{UNREADABLE}:")
 IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~450 bytes each, ~9 MiB); more: a query a file
 
 
@@ -65,7 +69,7 @@ class Refusals:
             rows.row_factory = None  # plain tuples: the scan DB's sqlite3.Row costs more a row
             self.known = {path: ((size, mtime_ns, ino, ctime_ns), reason) for path, size, mtime_ns, ino, ctime_ns, reason
                           in rows.execute("SELECT path_bytes, file_size, mtime_ns, inode, ctime_ns, validation_error "
-                                          "FROM scanned_files WHERE id <= ?", (self.last_id,))}
+                                          "FROM scanned_files WHERE id <= ? AND is_valid = 0", (self.last_id,))}
 
     def recall(self, path: bytes, st: os.stat_result) -> str | None:
         """The reason `path` was refused, if it was and is unchanged since: its row is already in
@@ -75,8 +79,8 @@ class Refusals:
             found = known[1] if known and known[0] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) else None
         else:
             found = self.conn.execute(
-                "SELECT validation_error FROM scanned_files WHERE path_bytes = ? AND id <= ? AND file_size = ? "
-                "AND mtime_ns = ? AND inode = ? AND ctime_ns = ?",
+                "SELECT validation_error FROM scanned_files WHERE path_bytes = ? AND id <= ? AND is_valid = 0 "
+                "AND file_size = ? AND mtime_ns = ? AND inode = ? AND ctime_ns = ?",
                 (path, self.last_id, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns),
             ).fetchone()
             found = found and found[0]
@@ -126,11 +130,12 @@ class Refusals:
                     # is harmless: it is recalled only if its exact name and stat still match).
                     self.conn.execute(
                         f"INSERT INTO memory.scanned_files ({columns}) SELECT {columns} FROM main.scanned_files AS r "
-                        "WHERE is_valid = 0 AND mtime_ns IS NOT NULL AND substr(validation_error, 1, ?) != ? AND ("
-                        "  r.id > ? OR NOT ? OR r.path_bytes IN temp.recalled OR EXISTS ("
+                        "WHERE is_valid = 0 AND mtime_ns IS NOT NULL "
+                        + "".join(" AND substr(validation_error, 1, ?) != ?" for _ in NOT_REMEMBERED)
+                        + " AND (r.id > ? OR NOT ? OR r.path_bytes IN temp.recalled OR EXISTS ("
                         "    SELECT 1 FROM main.skipped AS k WHERE r.file_path = k.path "
                         "    OR substr(r.file_path, 1, length(k.path) + 1) = k.path || '/'))",
-                        (len(INTERNAL_ERROR), INTERNAL_ERROR, self.last_id, stale),
+                        (*[v for reason in NOT_REMEMBERED for v in (len(reason), reason)], self.last_id, stale),
                     )
                     self.conn.execute("INSERT INTO memory.scan_info(key, value) VALUES ('refusals_of', ?)", (scan_id,))
             finally:

@@ -59,10 +59,12 @@ def scan_inbound(
     started = time.monotonic()
     scan_id, path, memory_note = refusals.start(scan_db_dir)  # the remembered refusals' rows already in it
     conn = scandb.connect(path)
-    scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds)
+    remembered = refusals.Refusals(conn, rewrite=memory_note is not None)
+    # remembered_last_id: the rows up to it are leftovers not read again (`scandb.refused`).
+    scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds,
+                    remembered_last_id=remembered.last_id)
     conn.commit()
     created_at = int(time.time())
-    remembered = refusals.Refusals(conn, rewrite=memory_note is not None)
     skipped = 0
 
     # In Dagster each log call is an event written to Postgres (one per refused file once cost 96%

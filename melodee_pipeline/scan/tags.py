@@ -31,6 +31,7 @@ TEXT_COLUMNS = ("file_hash", "artist", "album_artist", "album", "title", "genre"
 EMPTY_ROW = {**dict.fromkeys(ROW_COLUMNS), **dict.fromkeys(TEXT_COLUMNS, ""), "is_valid": 0}
 # The reason of a file our own code failed on: it is refused this scan, and read again by the next.
 INTERNAL_ERROR = "internal error reading tags (a bug, please report it)"
+UNREADABLE = "unreadable"  # the file could not be read (permissions, I/O): no verdict on its content
 
 
 def sha256_file(path: bytes | str) -> str:
@@ -161,7 +162,7 @@ def read_media_file(path: bytes, st: os.stat_result | Identity | None = None) ->
             st = os.stat(path, follow_symlinks=False)
         except OSError as exc:
             return {**EMPTY_ROW, "file_path": display_path(path), "path_bytes": path,
-                    "validation_error": f"unreadable: {exc.strerror}"}
+                    "validation_error": f"{UNREADABLE}: {exc.strerror}"}
     row = file_row(path, st)
     if st.st_size == 0:
         row["validation_error"] = "empty file"
@@ -180,7 +181,7 @@ def read_media_file(path: bytes, st: os.stat_result | Identity | None = None) ->
             opened = mediafile.MediaFile(os.fsdecode(path))
         length = _read_tags(opened, row)
     except OSError as exc:
-        row["validation_error"] = storable(f"unreadable: {exc.strerror or exc}")
+        row["validation_error"] = storable(f"{UNREADABLE}: {exc.strerror or exc}")
         return row
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
         verdict = "corrupt or not audio" if _from_parser(exc) else INTERNAL_ERROR
