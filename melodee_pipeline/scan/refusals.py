@@ -144,11 +144,7 @@ class Refusals:
                 os.fsync(f.fileno())
             os.replace(temp, os.path.join(scan_db_dir, FILE))
         except BaseException:
-            for suffix in ("", "-wal", "-shm"):
-                try:
-                    os.unlink(temp + suffix)
-                except FileNotFoundError:
-                    pass
+            scandb.delete(temp)
             raise
 
 

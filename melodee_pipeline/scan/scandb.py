@@ -136,8 +136,7 @@ def create(directory: str, now: datetime | None = None, template: str | None = N
             conn.close()
         os.rename(part, path)
     except (OSError, sqlite3.Error) as exc:
-        for suffix in ("", "-wal", "-shm"):
-            Path(part + suffix).unlink(missing_ok=True)
+        delete(part)
         if template is not None:
             raise
         raise UserError(f"cannot create scan DB {path}: {exc}") from None
@@ -170,14 +169,19 @@ def newest(directory: str) -> str:
     return str(dbs[-1])
 
 
+def delete(path: str) -> None:
+    """Delete an SQLite file and its WAL files, those that exist."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+
+
 def prune(directory: str, keep: int, current: str) -> list[str]:
     """Delete all but the newest `keep` scan DBs; `current` is always kept. Scan DBs whose
     creation was killed (`.part`, older than an hour) go too."""
     dbs = [p for p in _oldest_first(directory) if str(p) != current]
     removed = []
     for p in dbs[: max(0, len(dbs) - (keep - 1))]:
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(p) + suffix).unlink(missing_ok=True)
+        delete(str(p))
         removed.append(str(p))
     for p in Path(directory).glob(f".{PREFIX}*.db{PART}"):
         try:
