@@ -156,17 +156,17 @@ def test_refusals_an_older_version_remembered_are_left_to_it(tmp_path, name):
 
 def test_a_scan_that_ends_while_another_reads_takes_nothing_from_it(tmp_path, memory, monkeypatch):
     """What a scan recalls and the rows it keeps come from one copy of the remembered refusals:
-    another scan of the same directory (`scan-inbound` beside a run) may replace them meanwhile."""
+    another scan of the same inbound (`scan-inbound` beside a run) may replace them meanwhile."""
 
     inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
     first = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
-    (tmp_path / "elsewhere").mkdir()
     real = refusals.Refusals.finish
 
     def another_scan_first(self, *args):
         monkeypatch.setattr(refusals.Refusals, "finish", real)
-        other = scan_inbound(str(tmp_path / "elsewhere"), scans, workers=1, min_file_age_seconds=0)
-        assert other.files == 0 and remembered(scans) == []  # it remembers no refusal now
+        (inbound / "junk.ogg").unlink()
+        other = scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0)
+        assert other.files == 2 and [os.path.basename(p) for p, _ in remembered(scans, inbound)] == [b"no_title.flac"]
         return real(self, *args)
 
     monkeypatch.setattr(refusals.Refusals, "finish", another_scan_first)
@@ -175,9 +175,41 @@ def test_a_scan_that_ends_while_another_reads_takes_nothing_from_it(tmp_path, me
     assert rows(second.scan_db, IDENTITY) == rows(first.scan_db, IDENTITY)
 
 
-def remembered(scans) -> list[tuple[bytes, str]]:
-    """The remembered refusals: (path, reason) by path."""
-    return sqlite3.connect(os.path.join(scans, refusals.FILE)).execute(
+def test_inbounds_sharing_a_scan_db_directory_keep_their_own_memories(tmp_path):
+    """`scan-inbound` of another folder, or a second install, into the same directory: each
+    inbound's leftovers stay remembered."""
+    inbound, other, scans = leftovers(tmp_path), tmp_path / "other", str(tmp_path / "scans")
+    other.mkdir()
+    (other / "bad.mp3").write_bytes(b"not audio" * 40)
+    age(other)
+    for expected in (0, 2):
+        assert scan_inbound(str(inbound), scans, workers=1, min_file_age_seconds=0).unchanged == expected
+        scan_inbound(str(other), scans, workers=1, min_file_age_seconds=0)
+    assert scan_inbound(str(other), scans, workers=1, min_file_age_seconds=0).unchanged == 1
+
+
+def test_a_new_tag_reader_reads_the_leftovers_once_again(tmp_path, monkeypatch):
+    """A refusal is the verdict of one mutagen and one version of our reading code: after an
+    upgrade (a parser bug fixed), the leftovers are read once more, and the old memory goes."""
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    scan()
+    assert scan().unchanged == 2
+    old = memory_of(scans, inbound)
+    monkeypatch.setattr(refusals, "READER", "mutagen 99.0; melodee-pipeline reader 2")
+    upgraded, opened = opened_during(inbound, scan)
+    assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and upgraded.unchanged == 0
+    assert scan().unchanged == 2
+    assert not old.exists() and sorted(p.name for p in scans.glob(refusals.PREFIX + "*")) == [memory_of(scans, inbound).name]
+
+
+def memory_of(scans, inbound) -> Path:
+    return Path(refusals.memory_path(str(scans), str(inbound)))
+
+
+def remembered(scans, inbound) -> list[tuple[bytes, str]]:
+    """The remembered refusals of `inbound`: (path, reason) by path."""
+    return sqlite3.connect(memory_of(scans, inbound)).execute(
         "SELECT path_bytes, validation_error FROM scanned_files ORDER BY path_bytes").fetchall()
 
 
@@ -207,7 +239,7 @@ def test_a_name_the_listing_repeats_copies_no_other_refusal(tmp_path, memory, mo
         "SELECT file_path FROM scanned_files WHERE is_valid = 1")}
     assert valid == {"good.mp3", "no_title.flac"}
     assert set(refused(second.scan_db)) == {"junk.ogg"}
-    assert [os.path.basename(p) for p, _ in remembered(scans)] == [b"junk.ogg"]
+    assert [os.path.basename(p) for p, _ in remembered(scans, inbound)] == [b"junk.ogg"]
 
 
 def test_two_names_shown_alike_are_two_files(tmp_path):
@@ -231,13 +263,13 @@ def test_refusal_memory_survives_pruning_and_forgets_what_is_gone(tmp_path, memo
     scan()
     second, opened = opened_during(inbound, scan)
     assert opened == ["good.mp3"] and len(list(scans.glob("scan_*.db"))) == 1
-    assert (scans / refusals.FILE).exists()
+    assert memory_of(scans, inbound).exists()
     as_second = {p: r for p, r in rows(second.scan_db, IDENTITY).items() if p.endswith(b"no_title.flac")}
     (inbound / "junk.ogg").unlink()
     third = scan()
     assert third.unchanged == 1
     assert rows(third.scan_db, IDENTITY) == as_second  # one of the two recalled: its row alone is copied
-    assert remembered(scans) == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
+    assert remembered(scans, inbound) == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
 
 
 class Records(logging.Handler):
@@ -374,8 +406,8 @@ def test_the_remembered_refusals_are_held_in_memory_only_while_few(tmp_path, mon
     held = {}
     for limit in (2, 1):
         monkeypatch.setattr(refusals, "IN_MEMORY_MAX", limit)
-        _, path, note = refusals.start(str(scans))
-        r = refusals.Refusals(scandb.connect(path))
+        _, path, note = refusals.start(str(memory_of(scans, inbound)), str(scans))
+        r = refusals.Refusals(scandb.connect(path), str(memory_of(scans, inbound)))
         held[limit] = (r.known is not None, r.recall(os.fsencode(inbound / "junk.ogg"), st) is not None, note)
     assert held == {2: (True, True, None), 1: (False, True, None)}
 
@@ -428,10 +460,10 @@ def test_a_damaged_memory_costs_one_full_read_and_says_so(tmp_path):
     scan()
     for garbage in (b"not a database" * 100, None):
         if garbage is None:  # a real SQLite file, but not ours
-            (scans / refusals.FILE).unlink()
-            sqlite3.connect(scans / refusals.FILE).execute("CREATE TABLE other (x)").connection.commit()
+            memory_of(scans, inbound).unlink()
+            sqlite3.connect(memory_of(scans, inbound)).execute("CREATE TABLE other (x)").connection.commit()
         else:
-            (scans / refusals.FILE).write_bytes(garbage)
+            memory_of(scans, inbound).write_bytes(garbage)
         handler = Records()
         logging.getLogger("t.damaged").addHandler(handler)
         try:
@@ -439,12 +471,12 @@ def test_a_damaged_memory_costs_one_full_read_and_says_so(tmp_path):
         finally:
             logging.getLogger("t.damaged").removeHandler(handler)
         assert opened == ["good.mp3", "junk.ogg", "no_title.flac"] and (result.invalid, result.unchanged) == (2, 0)
-        assert f"remembered refusals {scans / refusals.FILE} unusable" in handler.messages[0]
-        assert len(remembered(scans)) == 2 and scan().unchanged == 2
+        assert f"remembered refusals {memory_of(scans, inbound)} unusable" in handler.messages[0]
+        assert len(remembered(scans, inbound)) == 2 and scan().unchanged == 2
     # Unusable while nothing is refused: replaced all the same, not reported again on every run.
     (inbound / "junk.ogg").unlink()
     (inbound / "no_title.flac").unlink()
-    (scans / refusals.FILE).write_bytes(b"not a database" * 100)
+    memory_of(scans, inbound).write_bytes(b"not a database" * 100)
     for _ in range(2):
         handler = Records()
         logging.getLogger("t.damaged").addHandler(handler)
@@ -452,7 +484,7 @@ def test_a_damaged_memory_costs_one_full_read_and_says_so(tmp_path):
             assert scan().invalid == 0
         finally:
             logging.getLogger("t.damaged").removeHandler(handler)
-    assert len(handler.messages) == 1 and "unusable" not in handler.messages[0] and remembered(scans) == []
+    assert len(handler.messages) == 1 and "unusable" not in handler.messages[0] and remembered(scans, inbound) == []
 
 
 def test_a_memory_that_cannot_be_written_fails_no_scan(tmp_path, monkeypatch, memory):
@@ -477,10 +509,10 @@ def test_a_memory_that_cannot_be_written_fails_no_scan(tmp_path, monkeypatch, me
         logging.getLogger("t.full").removeHandler(handler)
     assert (second.files, second.invalid, second.unchanged) == (2, 1, 1)
     assert set(refused(second.scan_db)) == {"no_title.flac"}  # the gone file's row is not this scan's
-    assert handler.messages[0].splitlines()[-1].startswith(f"could not remember this scan's refusals in {scans / refusals.FILE} (")
-    assert sorted(p.name for p in scans.iterdir() if not p.name.startswith("scan_")) == [refusals.FILE]  # nothing half-written
-    assert len(remembered(scans)) == 2  # the first scan's memory stands
-    assert scan().unchanged == 1 and remembered(scans) == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
+    assert handler.messages[0].splitlines()[-1].startswith(f"could not remember this scan's refusals in {memory_of(scans, inbound)} (")
+    assert sorted(p.name for p in scans.iterdir() if not p.name.startswith("scan_")) == [memory_of(scans, inbound).name]  # nothing half-written
+    assert len(remembered(scans, inbound)) == 2  # the first scan's memory stands
+    assert scan().unchanged == 1 and remembered(scans, inbound) == [(os.fsencode(inbound / "no_title.flac"), "missing title")]
     assert first.scan_id in sqlite3.connect(first.scan_db).execute("SELECT value FROM scan_info WHERE key = 'scan_id'").fetchone()
 
 
@@ -488,8 +520,8 @@ def test_what_is_remembered_is_one_file_naming_its_scan(tmp_path):
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     first = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
     beside = sorted(p.name for p in scans.iterdir() if not p.name.startswith("scan_"))
-    assert beside == [refusals.FILE]  # no -wal, -shm or temp file left
-    memory = sqlite3.connect(scans / refusals.FILE)
+    assert beside == [memory_of(scans, inbound).name]  # no -wal, -shm or temp file left
+    memory = sqlite3.connect(memory_of(scans, inbound))
     assert memory.execute("SELECT key, value FROM scan_info").fetchall() == [("refusals_of", first.scan_id)]
     assert memory.execute("SELECT count(*) FROM scanned_files WHERE is_valid = 1").fetchone() == (0,)
 
@@ -504,10 +536,10 @@ def test_a_memory_damaged_inside_its_pages_costs_one_full_read(tmp_path):
     age(inbound)
     scan = partial(scan_inbound, str(inbound), str(scans), workers=1, min_file_age_seconds=0, logger=logging.getLogger("t.pages"))
     scan()
-    data = bytearray((scans / refusals.FILE).read_bytes())
+    data = bytearray(memory_of(scans, inbound).read_bytes())
     for page in range(3, len(data) // 4096):
         data[page * 4096 + 100:page * 4096 + 200] = b"\xa5" * 100
-    (scans / refusals.FILE).write_bytes(data)
+    memory_of(scans, inbound).write_bytes(data)
     handler = Records()
     logging.getLogger("t.pages").addHandler(handler)
     try:
@@ -525,11 +557,11 @@ def test_a_scan_db_put_in_the_memorys_place_is_not_taken_for_it(tmp_path):
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
     begun_from_memory = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
-    (scans / refusals.FILE).write_bytes(open(begun_from_memory.scan_db, "rb").read())
+    memory_of(scans, inbound).write_bytes(open(begun_from_memory.scan_db, "rb").read())
     second = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
     assert (second.valid, second.invalid, second.unchanged) == (1, 2, 0)
     assert scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0).unchanged == 2
-    assert [os.path.basename(p) for p, _ in remembered(scans)] == [b"junk.ogg", b"no_title.flac"]
+    assert [os.path.basename(p) for p, _ in remembered(scans, inbound)] == [b"junk.ogg", b"no_title.flac"]
 
 
 def test_a_file_that_could_not_be_read_is_read_again_by_the_next_scan(tmp_path, monkeypatch, memory):
@@ -587,3 +619,71 @@ def test_a_scan_killed_while_its_db_is_created_leaves_no_db_without_an_id(tmp_pa
     os.utime(part, (time.time() - 7200, time.time() - 7200))
     later = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0, keep_scan_dbs=5)
     assert not part.exists() and later.unchanged == 2
+
+
+def test_our_bug_inside_mediafiles_wrapper_is_an_internal_error(tmp_path, monkeypatch):
+    """mediafile re-raises whatever its call into mutagen raised (our `_Opened` runs there) as
+    its own MutagenError: that is not the parser's verdict on the file, so it is not remembered."""
+    from melodee_pipeline.scan import mediaopen, tags
+
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+
+    def buggy(self, *args):
+        raise AttributeError("'NoneType' object has no attribute 'add_tags'")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(mediaopen._Opened, "__init__", buggy)
+        first = scan()
+    assert refused(first.scan_db)["good.mp3"][0].startswith(tags.INTERNAL_ERROR)
+    second, opened = opened_during(inbound, scan)
+    assert "good.mp3" in opened and "good.mp3" not in refused(second.scan_db)
+
+
+def test_an_io_error_behind_the_parsers_error_is_unreadable_and_read_again(tmp_path, monkeypatch, memory):
+    """A large file is hashed, then opened again by mutagen, which wraps an I/O error there (a NAS
+    hiccup) in its own error: that is "unreadable", not "corrupt", and the next scan reads it."""
+    import builtins
+    import errno
+
+    from melodee_pipeline.scan import tags
+
+    inbound, scans = leftovers(tmp_path), str(tmp_path / "scans")
+    monkeypatch.setattr(tags, "IN_MEMORY_BYTES", 100)  # every file is large: hashed, then opened by path
+    scan = partial(scan_inbound, str(inbound), scans, workers=1, min_file_age_seconds=0)
+    real_open, opens = builtins.open, []
+
+    def flaky(file, *args, **kwargs):
+        if isinstance(file, (str, bytes)) and os.fsencode(file).endswith(b"good.mp3"):
+            opens.append(file)
+            if len(opens) == 2:  # the hash read went fine; the tag read fails
+                raise OSError(errno.EIO, "Input/output error")
+        return real_open(file, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(builtins, "open", flaky)
+        first = scan()
+    assert len(opens) == 2 and refused(first.scan_db)["good.mp3"][0] == "unreadable: Input/output error"
+    second, opened = opened_during(inbound, scan)
+    assert "good.mp3" in opened and second.valid == 1
+
+
+def test_refusals_of_a_directory_lists_the_newest_finished_scan(tmp_path, capsys):
+    """A scan killed mid-walk leaves a scan DB holding every remembered row, some of files gone
+    since: `refusals --dir` shows the newest scan that finished, and says so of a killed one."""
+    import subprocess
+    import sys
+
+    from melodee_pipeline.cli import main
+
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    done = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    killed = ("import os, sys\nfrom melodee_pipeline import faults\nfrom melodee_pipeline.scan import scanner\n"
+              "faults.point = lambda name: os._exit(9)\n"
+              "scanner.scan_inbound(sys.argv[1], sys.argv[2], workers=1, min_file_age_seconds=0)\n")
+    assert subprocess.run([sys.executable, "-c", killed, str(inbound), str(scans)]).returncode == 9
+    [dead] = [p for p in scans.glob("scan_*.db") if str(p) != done.scan_db]
+    assert main(["refusals", "--dir", str(scans)]) == 0
+    assert capsys.readouterr().err == f"2 refused files, 0 skipped paths in {done.scan_db}\n"
+    assert main(["refusals", "--scan", str(dead)]) == 0
+    assert "did not finish" in capsys.readouterr().err

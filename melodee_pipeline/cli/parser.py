@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = rf.add_mutually_exclusive_group(required=True)
     which.add_argument("--scan", help="a scan DB file, or a run's scan_id (looked up in staging_scan.scan_db_data_path) "
                                       "(required, or --dir)")
-    which.add_argument("--dir", help="a scan DB directory: its newest scan DB (required, or --scan)")
+    which.add_argument("--dir", help="a scan DB directory: the newest scan DB of a scan that finished (required, or --scan)")
     rf.set_defaults(fn=cmd_refusals)
 
     ps = sub.add_parser("process-scan", help="group and stage the files of a scan DB",

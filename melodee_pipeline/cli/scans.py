@@ -36,6 +36,9 @@ def cmd_refusals(args) -> int:
         for skipped, (skip_path, reason, files) in enumerate(scandb.skipped(conn), 1):
             print(f"{skip_path}\tskipped: {reason} ({scandb.counted(files, 'file')})\t")
     print(f"{scandb.counted(refused, 'refused file')}, {scandb.counted(skipped, 'skipped path')} in {path}", file=sys.stderr)
+    if not scandb.completed(path):
+        print(f"note: the scan of {path} did not finish (killed, or still running): its leftovers may include files "
+              "gone since", file=sys.stderr)
     return 0
 
 

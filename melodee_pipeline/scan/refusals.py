@@ -1,11 +1,11 @@
 """Remembered refusals: a file an earlier scan refused, unchanged since, is not read again.
 
 Every file that stays in inbound used to be read, hashed and refused again on every run (5,000
-leftovers: 63 s instead of 0.27 s). `refusals-v4.db` sits beside the scan DBs, under a name their
-pruning never matches. It is itself a scan DB holding only the rows of the files the last
-completed scan refused, plus those remembered under a path it skipped (it did not look there),
-and each scan DB starts as a copy of it (`start`): a leftover's row is in place before the walk
-reaches it, so what a run pays for its leftovers is one file copy, one query and a stat each
+leftovers: 63 s instead of 0.27 s). The memory (`memory_path`: one per inbound and tag reader) sits
+beside the scan DBs, under a name their pruning never matches. It is itself a scan DB holding only
+the rows of the files the last completed scan of that inbound refused, plus those remembered under
+a path it skipped (it did not look there), and each scan DB starts as a copy of it (`start`): a
+leftover's row is in place before the walk reaches it, so what a run pays for its leftovers is one file copy, one query and a stat each
 (writing 5,000 leftovers' rows into each scan DB cost ~17 ms a run, the copy ~3 ms).
 
 The walk recalls a remembered file whose size, mtime, inode and ctime are unchanged (ctime
@@ -19,36 +19,47 @@ next scan reads it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import sqlite3
 import time
 
 from melodee_pipeline.scan import scandb
-from melodee_pipeline.scan.tags import INTERNAL_ERROR, UNREADABLE
+from melodee_pipeline.scan.tags import INTERNAL_ERROR, READER, UNREADABLE
 
-# v4: a scan DB (v3 and older: a table of their own). A new name each time, so that an older
+# v4: a scan DB (v3 and older: one table, `refusals-v3.db`). A new name each time, so that an older
 # version (a rollback, a second install sharing the directory) keeps its own file instead of
 # failing on it; the first scan with v4 reads the leftovers once more.
-FILE = "refusals-v4.db"
-_TEMP = f"{FILE}.tmp-"  # + a random part: a new memory is written aside, then renamed over FILE
+PREFIX = "refusals-v4-"
+_TEMP = ".tmp-"  # memory path + this + a random part: a new memory is written aside, then renamed
 # Reasons that say nothing of the file's content, only of this reading: a bug of ours (fixed, the
 # file goes through), a permission or an I/O error (granted or gone, the same bytes read fine).
 NOT_REMEMBERED = (INTERNAL_ERROR, f"{UNREADABLE}:")
 IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~450 bytes each, ~9 MiB); more: a query a file
 
 
-def start(scan_db_dir: str) -> tuple[str, str, str | None]:
-    """Create this scan's DB as a copy of the remembered refusals (an empty one when there are
-    none). Returns (scan_id, path, note): the note says why the memory could not be used, and
-    the scan then reads every file (nothing is lost but time)."""
-    template = os.path.join(scan_db_dir, FILE)
-    if not os.path.isfile(template):
+def memory_path(scan_db_dir: str, inbound: str) -> str:
+    """The memory of the scans of `inbound` read by this tag reader. One per inbound: scans of two
+    inbounds sharing a scan DB directory (`scan-inbound` of another folder, two installs) would
+    otherwise each forget the other's. One a reader: a refusal by an older mutagen or reading
+    code (a parser bug, since fixed) is read again once after an upgrade."""
+    def short(text: str | bytes) -> str:
+        return hashlib.sha256(os.fsencode(text)).hexdigest()[:12]
+
+    return os.path.join(scan_db_dir, f"{PREFIX}{short(os.path.normpath(inbound))}-{short(READER)}.db")
+
+
+def start(memory: str, scan_db_dir: str) -> tuple[str, str, str | None]:
+    """Create this scan's DB in `scan_db_dir` as a copy of the memory (an empty one when there is
+    none). Returns (scan_id, path, note): the note says why the memory could not be used, and the
+    scan then reads every file (nothing is lost but time)."""
+    if not os.path.isfile(memory):
         return (*scandb.create(scan_db_dir), None)
     try:
-        scan_id, path = scandb.create(scan_db_dir, template=template)
+        scan_id, path = scandb.create(scan_db_dir, template=memory)
     except (OSError, sqlite3.Error) as exc:  # damaged, or replaced by a foreign file: start afresh
-        return (*scandb.create(scan_db_dir), f"remembered refusals {template} unusable ({exc}): every file read again")
+        return (*scandb.create(scan_db_dir), f"remembered refusals {memory} unusable ({exc}): every file read again")
     return scan_id, path, None
 
 
@@ -56,8 +67,8 @@ class Refusals:
     """The remembered refusals a scan DB started with: its `scanned_files` rows up to `last_id`
     (the rows this scan writes come after them)."""
 
-    def __init__(self, conn: sqlite3.Connection, rewrite: bool = False):
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, memory: str, rewrite: bool = False):
+        self.conn, self.memory = conn, memory
         self.rewrite = rewrite  # the memory on disk is unusable: replace it even if nothing changed
         self.last_id, self.count = conn.execute("SELECT coalesce(max(id), 0), count(*) FROM scanned_files").fetchone()
         self.recalled: dict[bytes, None] = {}  # distinct, in walk order: a listing may repeat a name
@@ -88,7 +99,7 @@ class Refusals:
             self.recalled[path] = None
         return found
 
-    def finish(self, scan_db_dir: str, scan_id: str) -> str | None:
+    def finish(self, scan_id: str) -> str | None:
         """Once every file is walked and its row written (committed): remember this scan's
         refusals, and those remembered under a path it skipped (a folder still being copied, one
         it could not list: it cannot know they are gone); then delete from the scan DB the
@@ -105,20 +116,20 @@ class Refusals:
         note = None
         if stale or new or self.rewrite:
             try:
-                self._remember(scan_db_dir, scan_id, stale)
+                self._remember(scan_id, stale)
             except (OSError, sqlite3.Error) as exc:
-                note = f"could not remember this scan's refusals in {os.path.join(scan_db_dir, FILE)} ({exc}): the next scan reads them again"
+                note = f"could not remember this scan's refusals in {self.memory} ({exc}): the next scan reads them again"
         if stale:
             with self.conn:
                 self.conn.execute("DELETE FROM scanned_files WHERE id <= ? AND path_bytes NOT IN temp.recalled",
                                   (self.last_id,))
         return note
 
-    def _remember(self, scan_db_dir: str, scan_id: str, stale: bool) -> None:
-        """Write what is now remembered aside, durably, then rename it over FILE: a scan copying
-        FILE meanwhile gets the old memory or the new, never half of one."""
-        temp = os.path.join(scan_db_dir, f"{_TEMP}{secrets.token_hex(4)}")
-        _forget_old_temps(scan_db_dir)
+    def _remember(self, scan_id: str, stale: bool) -> None:
+        """Write what is now remembered aside, durably, then rename it over the memory: a scan
+        copying it meanwhile gets the old memory or the new, never half of one."""
+        temp = f"{self.memory}{_TEMP}{secrets.token_hex(4)}"
+        _forget_others(self.memory)
         try:
             scandb.connect(temp).close()  # an empty scan DB
             columns = ", ".join(row[1] for row in self.conn.execute("PRAGMA table_info(scanned_files)"))
@@ -142,19 +153,23 @@ class Refusals:
                 self.conn.execute("DETACH DATABASE memory")  # its last connection: checkpointed, no -wal left
             with open(temp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(temp, os.path.join(scan_db_dir, FILE))
+            os.replace(temp, self.memory)
         except BaseException:
             scandb.delete(temp)
             raise
 
 
-def _forget_old_temps(scan_db_dir: str, older_than: float = 3600) -> None:
-    """A memory being written when its scan was killed stays behind under its temp name."""
-    for name in os.listdir(scan_db_dir):
-        if name.startswith(_TEMP):
-            path = os.path.join(scan_db_dir, name)
-            try:
-                if os.stat(path).st_mtime < time.time() - older_than:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
+def _forget_others(memory: str, older_than: float = 3600) -> None:
+    """The same inbound's memories by another tag reader (an upgrade), and memories being written
+    when their scan was killed (an hour old: not one being written now)."""
+    directory, name = os.path.split(memory)
+    same_inbound = name[: name.rindex("-") + 1]
+    for other in os.listdir(directory):
+        path = os.path.join(directory, other)
+        try:
+            if other.startswith(same_inbound) and other.endswith(".db") and other != name:
+                os.unlink(path)
+            elif other.startswith(PREFIX) and _TEMP in other and os.stat(path).st_mtime < time.time() - older_than:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass

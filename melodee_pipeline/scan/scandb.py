@@ -163,10 +163,24 @@ def _oldest_first(directory: str) -> list[Path]:
 
 
 def newest(directory: str) -> str:
+    """The newest scan DB of a completed scan in `directory` (else the newest: one was killed)."""
     dbs = _oldest_first(directory) if os.path.isdir(directory) else []
     if not dbs:
         raise UserError(f"no scan database in {directory}")
+    for db in reversed(dbs):
+        if completed(str(db)):
+            return str(db)
     return str(dbs[-1])
+
+
+def completed(path: str) -> bool:
+    """Whether the scan that wrote `path` walked and read everything (its counts are in): a
+    killed one may list files that are gone among its leftovers."""
+    try:
+        with closing(sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT 1 FROM scan_info WHERE key = 'files'").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 def delete(path: str) -> None:

@@ -57,9 +57,10 @@ def scan_inbound(
 ) -> ScanResult:
     logger = logger or log
     started = time.monotonic()
-    scan_id, path, memory_note = refusals.start(scan_db_dir)  # the remembered refusals' rows already in it
+    memory = refusals.memory_path(scan_db_dir, inbound)
+    scan_id, path, memory_note = refusals.start(memory, scan_db_dir)  # the remembered refusals' rows already in it
     conn = scandb.connect(path)
-    remembered = refusals.Refusals(conn, rewrite=memory_note is not None)
+    remembered = refusals.Refusals(conn, memory, rewrite=memory_note is not None)
     # remembered_last_id: the rows up to it are leftovers not read again (`scandb.refused`).
     scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds,
                     remembered_last_id=remembered.last_id)
@@ -139,7 +140,7 @@ def scan_inbound(
                 add(row, None if row[_VALID] else created_at)
         conn.executemany(_INSERT, batch)
         conn.commit()
-        memory_note = remembered.finish(scan_db_dir, scan_id) or memory_note
+        memory_note = remembered.finish(scan_id) or memory_note
         files += unchanged
         for reason, n in recalled.items():
             reasons[reason_category(reason)] += n

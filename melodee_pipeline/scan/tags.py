@@ -9,9 +9,11 @@ import hashlib
 import io
 import os
 import re
+import sys
 from typing import NamedTuple
 
 import mediafile
+import mutagen
 
 from melodee_pipeline.scan.mediaopen import open_media
 
@@ -32,6 +34,10 @@ EMPTY_ROW = {**dict.fromkeys(ROW_COLUMNS), **dict.fromkeys(TEXT_COLUMNS, ""), "i
 # The reason of a file our own code failed on: it is refused this scan, and read again by the next.
 INTERNAL_ERROR = "internal error reading tags (a bug, please report it)"
 UNREADABLE = "unreadable"  # the file could not be read (permissions, I/O): no verdict on its content
+# Who reads tags: a refusal remembered by another reader (a mutagen upgrade fixing a parser bug,
+# a change here that bumps READER_VERSION) is read again once.
+READER_VERSION = 1
+READER = f"mutagen {mutagen.version_string}; melodee-pipeline reader {READER_VERSION}"
 
 
 def sha256_file(path: bytes | str) -> str:
@@ -180,10 +186,10 @@ def read_media_file(path: bytes, st: os.stat_result | Identity | None = None) ->
             row["file_hash"] = sha256_file(path)
             opened = mediafile.MediaFile(os.fsdecode(path))
         length = _read_tags(opened, row)
-    except OSError as exc:
-        row["validation_error"] = storable(f"{UNREADABLE}: {exc.strerror or exc}")
-        return row
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
+        if (failed := _io_error(exc)) is not None:
+            row["validation_error"] = storable(f"{UNREADABLE}: {failed.strerror or failed}")
+            return row
         verdict = "corrupt or not audio" if _from_parser(exc) else INTERNAL_ERROR
         detail = _without_name(str(exc), os.fsdecode(path))
         row["validation_error"] = storable(_CONTROL.sub("", f"{verdict}: {type(exc).__name__}: {detail}"))[:500]
@@ -210,15 +216,36 @@ def _without_name(message: str, name: str) -> str:
     return message.replace(repr(name), "the file")
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, then what it was raised from or while handling, down to the first cause (mediafile
+    re-raises what mutagen raised, and what mutagen called raised, as its own errors)."""
+    chain = [exc]
+    while len(chain) < 20 and (cause := chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(cause)
+    return chain
+
+
+def _io_error(exc: BaseException) -> OSError | None:
+    """The I/O error behind `exc`, if any: mutagen wraps a failing open or read (a NAS hiccup) in
+    its own error, which must not pass for a verdict on the file's bytes, nor be remembered."""
+    return next((e for e in _causes(exc) if isinstance(e, OSError)), None)
+
+
 def _from_parser(exc: BaseException) -> bool:
     """Whether the exception came out of the tag parser (bad data), not out of our own code (a
-    bug, which must not pass for a corrupt file, nor be remembered as one)."""
-    tb = exc.__traceback__
+    bug, which must not pass for a corrupt file, nor be remembered as one): where its first cause
+    was raised, the innermost frame outside the standard library (`base64` raising for mutagen
+    is mutagen's; our code raising inside mediafile's wrapper is ours)."""
+    frames = []
+    tb = _causes(exc)[-1].__traceback__
     while tb is not None:
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        if module.split(".", 1)[0] in ("mutagen", "mediafile"):
-            return True
+        frames.append(tb.tb_frame.f_globals.get("__name__", "").split(".", 1)[0])
         tb = tb.tb_next
+    for module in reversed(frames):
+        if module in ("mutagen", "mediafile"):
+            return True
+        if module not in sys.stdlib_module_names:
+            return False
     return False
 
 
