@@ -598,21 +598,25 @@ def test_a_leftover_recalled_within_the_same_second_is_still_a_leftover(tmp_path
     assert capsys.readouterr().out.splitlines()[1] == f"{inbound / 'no_title.flac'}\tmissing title\tstill refused, unchanged since {since} UTC"
 
 
-def test_a_scan_killed_while_its_db_is_created_leaves_no_db_without_an_id(tmp_path, capsys):
-    """Killed between the copy of the memory and its scan_id: no `scan_*.db` that `refusals` and
-    `undo` would refuse as "not a scan database"; the part left behind is pruned an hour later."""
+def scan_killed(inbound, scans, patch: str) -> None:
+    """A scan in its own process, killed (os._exit) where `patch` says."""
     import subprocess
     import sys
 
+    scan = f"import os, sys\n{patch}\nfrom melodee_pipeline.scan import scanner\n" \
+           "scanner.scan_inbound(sys.argv[1], sys.argv[2], workers=1, min_file_age_seconds=0)\n"
+    assert subprocess.run([sys.executable, "-c", scan, str(inbound), str(scans)]).returncode == 9
+
+
+def test_a_scan_killed_while_its_db_is_created_leaves_no_db_without_an_id(tmp_path, capsys):
+    """Killed between the copy of the memory and its scan_id: no `scan_*.db` that `refusals` and
+    `undo` would refuse as "not a scan database"; the part left behind is pruned an hour later."""
     from melodee_pipeline.cli import main
     from melodee_pipeline.scan import scandb
 
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     first = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
-    killed = ("import os, sys\nfrom melodee_pipeline.scan import scandb, scanner\n"
-              "scandb.set_info = lambda *a, **k: os._exit(9)\n"
-              "scanner.scan_inbound(sys.argv[1], sys.argv[2], workers=1, min_file_age_seconds=0)\n")
-    assert subprocess.run([sys.executable, "-c", killed, str(inbound), str(scans)]).returncode == 9
+    scan_killed(inbound, scans, "from melodee_pipeline.scan import scandb\nscandb.set_info = lambda *a, **k: os._exit(9)")
     [part] = [p for p in scans.iterdir() if p.name.endswith(scandb.PART)]
     assert sorted(scans.glob("scan_*.db")) == [Path(first.scan_db)]
     assert main(["refusals", "--dir", str(scans)]) == 0 and capsys.readouterr().err.endswith(f"in {first.scan_db}\n")
@@ -671,17 +675,11 @@ def test_an_io_error_behind_the_parsers_error_is_unreadable_and_read_again(tmp_p
 def test_refusals_of_a_directory_lists_the_newest_finished_scan(tmp_path, capsys):
     """A scan killed mid-walk leaves a scan DB holding every remembered row, some of files gone
     since: `refusals --dir` shows the newest scan that finished, and says so of a killed one."""
-    import subprocess
-    import sys
-
     from melodee_pipeline.cli import main
 
     inbound, scans = leftovers(tmp_path), tmp_path / "scans"
     done = scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
-    killed = ("import os, sys\nfrom melodee_pipeline import faults\nfrom melodee_pipeline.scan import scanner\n"
-              "faults.point = lambda name: os._exit(9)\n"
-              "scanner.scan_inbound(sys.argv[1], sys.argv[2], workers=1, min_file_age_seconds=0)\n")
-    assert subprocess.run([sys.executable, "-c", killed, str(inbound), str(scans)]).returncode == 9
+    scan_killed(inbound, scans, "from melodee_pipeline import faults\nfaults.point = lambda name: os._exit(9)")
     [dead] = [p for p in scans.glob("scan_*.db") if str(p) != done.scan_db]
     assert main(["refusals", "--dir", str(scans)]) == 0
     assert capsys.readouterr().err == f"2 refused files, 0 skipped paths in {done.scan_db}\n"
