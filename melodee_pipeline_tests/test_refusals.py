@@ -685,3 +685,14 @@ def test_refusals_of_a_directory_lists_the_newest_finished_scan(tmp_path, capsys
     assert capsys.readouterr().err == f"2 refused files, 0 skipped paths in {done.scan_db}\n"
     assert main(["refusals", "--scan", str(dead)]) == 0
     assert "did not finish" in capsys.readouterr().err
+
+
+def test_listing_refusals_leaves_no_file_beside_the_scan_dbs(tmp_path, capsys):
+    from melodee_pipeline.cli import main
+
+    inbound, scans = leftovers(tmp_path), tmp_path / "scans"
+    for _ in range(2):
+        scan_inbound(str(inbound), str(scans), workers=1, min_file_age_seconds=0)
+    before = sorted(p.name for p in scans.iterdir())
+    assert main(["refusals", "--dir", str(scans)]) == 0
+    assert sorted(p.name for p in scans.iterdir()) == before

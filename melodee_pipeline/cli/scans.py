@@ -30,13 +30,14 @@ def cmd_refusals(args) -> int:
     if args.scan and not os.path.isfile(args.scan) and scandb.is_scan_id(args.scan):
         path = scandb.find_scan_db(_configured_scan_dir(), args.scan)  # a run's scan_id, as its summary shows it
     with closing(scandb.open_existing(path)) as conn:
+        finished = scandb.completed(conn)
         refused = skipped = 0
         for refused, (file_path, reason, since) in enumerate(scandb.refused(conn), 1):
             print(f"{file_path}\t{reason}\t{since}")
         for skipped, (skip_path, reason, files) in enumerate(scandb.skipped(conn), 1):
             print(f"{skip_path}\tskipped: {reason} ({scandb.counted(files, 'file')})\t")
     print(f"{scandb.counted(refused, 'refused file')}, {scandb.counted(skipped, 'skipped path')} in {path}", file=sys.stderr)
-    if not scandb.completed(path):
+    if not finished:
         print(f"note: the scan of {path} did not finish (killed, or still running): its leftovers may include files "
               "gone since", file=sys.stderr)
     return 0

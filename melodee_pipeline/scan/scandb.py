@@ -168,19 +168,20 @@ def newest(directory: str) -> str:
     if not dbs:
         raise UserError(f"no scan database in {directory}")
     for db in reversed(dbs):
-        if completed(str(db)):
-            return str(db)
+        try:
+            # Read-write: a read-only connection leaves the WAL files of a WAL database behind.
+            with closing(sqlite3.connect(db)) as conn:
+                if completed(conn):
+                    return str(db)
+        except sqlite3.Error:
+            continue
     return str(dbs[-1])
 
 
-def completed(path: str) -> bool:
-    """Whether the scan that wrote `path` walked and read everything (its counts are in): a
+def completed(conn: sqlite3.Connection) -> bool:
+    """Whether the scan that wrote this scan DB walked and read everything (its counts are in): a
     killed one may list files that are gone among its leftovers."""
-    try:
-        with closing(sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=ro", uri=True)) as conn:
-            return conn.execute("SELECT 1 FROM scan_info WHERE key = 'files'").fetchone() is not None
-    except sqlite3.Error:
-        return False
+    return conn.execute("SELECT 1 FROM scan_info WHERE key = 'files'").fetchone() is not None
 
 
 def delete(path: str) -> None:
