@@ -39,6 +39,7 @@ class AlbumUndo:
     status: str  # undone | partly undone | nothing to undo | refused | planned
     reason: str = ""
     returned: int = 0  # files back in inbound (or to go back, on a dry run)
+    tracks: int = 0  # of them, tracks: what a run counts as moved (the rest: covers, logs, cue sheets)
     problems: list[str] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)  # dry run: each file and how it would go back
 
@@ -54,6 +55,10 @@ class UndoResult:
     @property
     def returned(self) -> int:
         return sum(a.returned for a in self.albums)
+
+    @property
+    def tracks(self) -> int:
+        return sum(a.tracks for a in self.albums)
 
 
 def _files(conn: sqlite3.Connection, group_id: str) -> list[ReturnFile]:
@@ -152,7 +157,8 @@ def _undo_album(conn: sqlite3.Connection, root: str, a: sqlite3.Row, scan_id: st
     problems = [f"{f.name}: {how_text(f.how)}" for f in out.files if f.how in (TAKEN, GONE)]
     todo = [f for f in out.files if f.how in WORK]
     if dry_run:
-        return AlbumUndo(rel, "planned" if todo else "nothing to undo", returned=sum(1 for f in todo if f.how in (MOVE, COPY)),
+        back = [f for f in todo if f.how in (MOVE, COPY)]
+        return AlbumUndo(rel, "planned" if todo else "nothing to undo", returned=len(back), tracks=_tracks(back),
                          problems=problems, plan=[f"{f.name}: {how_text(f.how)}" + (f" ({os.fsdecode(f.source)})" if f.source else "")
                                                   for f in todo])
     if not todo:
@@ -160,7 +166,17 @@ def _undo_album(conn: sqlite3.Connection, root: str, a: sqlite3.Row, scan_id: st
     journal_undo(root, out, scan_id, inbound)
     done = finish_undo(root, journal.read(root, rel))
     left = problems + done.problems  # the latter: files that changed between the plan and the move
-    return AlbumUndo(rel, "partly undone" if left else "undone", returned=done.count(MOVE, COPY), problems=left)
+    back = [f for f in done.files if f.how in (MOVE, COPY)]
+    return AlbumUndo(rel, "partly undone" if left else "undone", returned=len(back), tracks=_tracks(back), problems=left)
+
+
+def _tracks(files: list[ReturnFile]) -> int:
+    return sum(1 for f in files if f.track is not None)
+
+
+def returned_text(files: int, tracks: int) -> str:
+    """`5 file(s) (3 tracks, 2 other)`: a run counts the tracks it moved, an undo every file."""
+    return f"{files} file(s)" + (f" ({tracks} track(s), {files - tracks} other)" if tracks != files else "")
 
 
 def how_text(how: str) -> str:
@@ -174,7 +190,7 @@ def plan_lines(result: UndoResult) -> list[str]:
     """What an undo did (or, on a dry run, would do), one line per album and problem."""
     lines = []
     for a in result.albums:
-        what = f"{a.returned} file(s) {'to return' if result.dry_run else 'returned'}"
+        what = f"{returned_text(a.returned, a.tracks)} {'to return' if result.dry_run else 'returned'}"
         lines.append(f"{a.status:<14} {a.album_dir}: {a.reason or what}")
         lines += [f"{'':<14}   {p}" for p in a.plan + a.problems]
     return lines

@@ -79,7 +79,7 @@ def test_undo_a_whole_run_restores_inbound_byte_for_byte(env, libs, engine, caps
     assert tree(libs["inbound"]) == {} and len(rows(engine)) == 2
     assert main(["undo", "--scan", scan_id]) == 0
     out = capsys.readouterr().out
-    assert "undone" in out and "5 file(s) returned to inbound; staging_items: 0 rewritten, 2 removed" in out
+    assert "undone" in out and "5 file(s) (3 track(s), 2 other) returned to inbound; staging_items: 0 rewritten, 2 removed" in out
     assert snapshot(libs["inbound"]) == inbound_before  # every path, every byte
     assert hashes(libs) == before
     assert rows(engine) == {} and [n for n in os.listdir(libs["staging"]) if not n.startswith(".")] == []
@@ -193,7 +193,7 @@ def test_dry_run_shows_the_plan_and_changes_nothing(env, libs, engine, capsys):
     assert main(["undo", "--scan", scan_id, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert snapshot(libs["inbound"], libs["staging"]) == state and rows(engine) == db_rows
-    assert "planned        BAN/Band/2001 - Record: 4 file(s) to return" in out
+    assert "planned        BAN/Band/2001 - Record: 4 file(s) (2 track(s), 2 other) to return" in out
     assert f"01 - One.flac: goes back to inbound ({libs['inbound'] / 'Band - Record' / '01 One.flac'})" in out
     assert "cover.png: cover written from the tags; removed" in out
     assert "[dry run: nothing moved]" in out
@@ -252,7 +252,7 @@ def test_undo_staging_job(env, libs, engine):
         result = job.execute_in_process(run_config={"ops": {"undo_staging": {"config": {"scan_id": scan_id}}}},
                                         instance=instance)
     assert result.success
-    assert result.output_for_node("undo_staging")["files_returned"] == 5
+    assert (result.output_for_node("undo_staging")["files_returned"], result.output_for_node("undo_staging")["tracks_returned"]) == (5, 3)
     assert snapshot(libs["inbound"]) == inbound_before and rows(engine) == {}
 
 

@@ -31,7 +31,7 @@ def undo_staging(context: dg.OpExecutionContext, config: UndoConfig, database: M
         context.log.info(line)
     refused = [a for a in result.albums if a.status == "refused"]
     summary = {"scan_id": result.scan_id, "dry_run": config.dry_run, "albums": len(result.albums),
-               "files_returned": result.returned, "rows_rewritten": result.rows.updated, "rows_removed": result.rows.removed,
+               "files_returned": result.returned, "tracks_returned": result.tracks, "rows_rewritten": result.rows.updated, "rows_removed": result.rows.removed,
                "refused": len(refused)}
     metadata = {**summary, "albums_table": dg.MetadataValue.md(
         "\n".join(["| album | status | files | reason / problems |", "|---|---|---|---|"]
