@@ -247,7 +247,7 @@ def test_readme_first_steps_after_demo_on_a_fresh_machine(home, tmp_path):
         proc = cli(["libraries", "add", "--name", kind.title(), "--type", kind, "--path", str(tmp_path / kind)], e)
         assert proc.returncode == 0, proc.stderr
     listed = cli(["libraries", "list"], e).stdout
-    assert "Demo" not in listed and listed.count("\n") == 2
+    assert "Demo" not in listed and listed.splitlines()[0].split() == ["id", "type", "name", "path"] and listed.count("\n") == 3
     assert cli(["staging", "list"], e).stdout.strip() == "no staging items"
 
 

@@ -94,6 +94,8 @@ def cmd_libraries(args) -> int:
             libs = lb.list_libraries(conn)
             if not libs:
                 print("no libraries configured")
+            else:
+                print(f"{'id':>4}  {'type':<10}  name  path")
             for lib in libs:
                 print(f"{lib.id:>4}  {lib.type:<10}  {lib.name}  {lib.path}{'  (locked)' if lib.is_locked else ''}")
         elif args.action == "add":
