@@ -8,7 +8,8 @@ class UserError(Exception):
 class SettingError(UserError):
     def __init__(self, key: str, value: object, reason: str):
         self.key, self.value, self.reason = key, value, reason
-        super().__init__(f"invalid setting {key} = {value!r}: {reason}")
+        shown = "" if value is None else f" = {value!r}"  # `settings get` of an unknown key has no value
+        super().__init__(f"invalid setting {key}{shown}: {reason}")
 
 
 class LibraryError(UserError):

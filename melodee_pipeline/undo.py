@@ -191,6 +191,6 @@ def plan_lines(result: UndoResult) -> list[str]:
     lines = []
     for a in result.albums:
         what = f"{returned_text(a.returned, a.tracks)} {'to return' if result.dry_run else 'returned'}"
-        lines.append(f"{a.status:<14} {a.album_dir}: {a.reason or what}")
-        lines += [f"{'':<14}   {p}" for p in a.plan + a.problems]
+        lines.append(f"{a.status:<15} {a.album_dir}: {a.reason or what}")  # `nothing to undo`: 15
+        lines += [f"{'':<15}   {p}" for p in a.plan + a.problems]
     return lines

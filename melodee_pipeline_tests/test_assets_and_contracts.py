@@ -138,6 +138,7 @@ def test_convergence_finds_a_missing_file_a_stale_row_and_temp_debris(inbound, e
                              resources=defs.resources, instance=instance, raise_on_error=False)
     [evaluation] = checked.get_asset_check_evaluations()
     assert not evaluation.passed and evaluation.metadata["problems"].value == 3
+    assert evaluation.metadata["repair"].value.startswith("`melodee-pipeline reconcile` (or reconcile_staging_job) repairs")
 
 
 # Run config: one source for defaults and rules --------------------------------------------------

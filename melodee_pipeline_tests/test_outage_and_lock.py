@@ -159,7 +159,7 @@ def test_two_real_runs_at_once_one_refused(env, libs, engine, tmp_path, db_url):
         first.kill()
     assert first.returncode == 0, err
     assert second.returncode == 1
-    assert "another staging run is in progress (run " in second.stderr.strip().splitlines()[-1]
+    assert second.stderr.strip().splitlines()[-1].startswith("error: run failed: another staging run is in progress (run ")
     assert '"albums_success": 4' in out
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 4

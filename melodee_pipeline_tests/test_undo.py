@@ -193,7 +193,7 @@ def test_dry_run_shows_the_plan_and_changes_nothing(env, libs, engine, capsys):
     assert main(["undo", "--scan", scan_id, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert snapshot(libs["inbound"], libs["staging"]) == state and rows(engine) == db_rows
-    assert "planned        BAN/Band/2001 - Record: 4 file(s) (2 track(s), 2 other) to return" in out
+    assert "planned         BAN/Band/2001 - Record: 4 file(s) (2 track(s), 2 other) to return" in out
     assert f"01 - One.flac: goes back to inbound ({libs['inbound'] / 'Band - Record' / '01 One.flac'})" in out
     assert "cover.png: cover written from the tags; removed" in out
     assert "[dry run: nothing moved]" in out
@@ -210,8 +210,8 @@ def test_approved_or_promoted_albums_are_refused_with_the_reason(env, libs, engi
     state = snapshot(libs["inbound"], libs["staging"])
     assert main(["undo", "--scan", scan_id]) == 1
     out = capsys.readouterr().out
-    assert "refused        BAN/Band/2001 - Record: approved by the admin" in out
-    assert "refused        OTH/Other/1999 - Art: no longer in staging" in out
+    assert "refused         BAN/Band/2001 - Record: approved by the admin" in out
+    assert "refused         OTH/Other/1999 - Art: no longer in staging" in out
     assert snapshot(libs["inbound"], libs["staging"]) == state
 
 

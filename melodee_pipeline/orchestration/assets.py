@@ -49,6 +49,12 @@ CONVERGED_DESCRIPTION = (
 )
 
 
+# What to do about a failed check: the drift is on disk or in the rows, and reconcile derives both
+# again from what staging holds (an album's own files, sidecar and row).
+REPAIR = ("`melodee-pipeline reconcile` (or reconcile_staging_job) repairs sidecars and rows from what the album "
+          "directories hold; `--dry-run` shows what it would change")
+
+
 def evaluation(result: convergence.Convergence, scan_id: str) -> dg.AssetCheckEvaluation:
     return dg.AssetCheckEvaluation(
         asset_key=staging_items.key, check_name=CONVERGED, passed=result.ok,
@@ -61,6 +67,7 @@ def _metadata(result: convergence.Convergence, scan_id: str) -> dict:
     more = len(result.problems) - len(shown)
     return {
         "scan_id": scan_id, "albums_checked": result.albums_checked, "problems": len(result.problems),
+        **({"repair": REPAIR} if result.problems else {}),
         "details": dg.MetadataValue.md("\n".join(f"- {p}" for p in shown) + (f"\n- … and {more} more" if more else ""))
         if shown else "none",
     }

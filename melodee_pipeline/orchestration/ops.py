@@ -182,6 +182,8 @@ def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, 
             converged = convergence.check_run(database.engine(), run.scan_db, run.staging_path)
         for problem in converged.problems[:20]:
             context.log.error(f"{assets.CONVERGED}: {problem}")
+        if converged.problems:
+            context.log.error(f"{assets.CONVERGED}: {assets.REPAIR}")
         context.log_event(assets.evaluation(converged, run.scan_id))
     stage = run.stage
     summary = {

@@ -110,7 +110,8 @@ def failure_message(result) -> str:
         if user is not None and user.description:
             reasons.append(f"{event.step_key}: {user.description}")
         elif getattr(data, "error", None) is not None:
-            reasons.append(f"{event.step_key or 'run'}: {_innermost(data.error)}")
+            # No step: a resource could not be set up (the staging lock): its reason alone.
+            reasons.append(f"{event.step_key}: {_innermost(data.error)}" if event.step_key else _innermost(data.error))
     if not reasons:
         reasons = [_innermost(e.event_specific_data.error) for e in result.all_events
                    if e.event_type_value == "PIPELINE_FAILURE" and e.event_specific_data.error][:1]
