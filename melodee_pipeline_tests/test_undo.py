@@ -347,3 +347,21 @@ def test_a_journal_entry_naming_a_scan_db_elsewhere_writes_nothing_there(env, li
     entry.write_text(json.dumps(doc))
     assert main(["run"]) == 0
     assert decoy.read_bytes() == before and len(list(libs["staging"].rglob(SIDECAR))) == 1
+
+
+def test_undoing_a_merge_takes_its_rename_notes_along(env, libs, engine, capsys):
+    """A later run's cover met an earlier one's name and was staged as `cover (2).png`, with a
+    note saying so; undone, that file is back in inbound and the note must not stay behind."""
+    folder = album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")[0].parent
+    (folder / "cover.png").write_bytes(png_bytes(1))
+    run(libs, engine)
+    later = album(libs["inbound"], "Band", "Record", 2001, ["Two"], ".flac", folder="Band - Record (more)", seed=4)[0].parent
+    (later / "cover.png").write_bytes(png_bytes(2))
+    scan_id = run(libs, engine)
+    target = libs["staging"] / "BAN/Band/2001 - Record"
+    notes = json.loads((target / SIDECAR).read_bytes())["validation"]["warnings"]
+    assert any(n.endswith("staged as cover (2).png: a different file already had its name") for n in notes), notes
+    assert main(["undo", "--scan", scan_id]) == 0
+    assert sorted(os.listdir(target)) == ["01 - One.flac", SIDECAR, "cover.png"]
+    notes = json.loads((target / SIDECAR).read_bytes())["validation"]["warnings"]
+    assert not any("staged as" in n for n in notes), notes

@@ -32,6 +32,7 @@ from melodee_pipeline.staging.moves import (
 from melodee_pipeline.staging.paths import ensure_inside, name_key, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.ratelimit import RateLimiter
+from melodee_pipeline.staging.validation import renamed_note
 
 MOVE, RENAME, ALREADY = "move", "rename", "already_staged"
 NOT_A_FILE = "<not a regular file>"  # never equal to a sha256
@@ -148,7 +149,7 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
             blocker = os.path.join(album_dir, present.get(name_key(wanted), wanted))
             why = "a symlink or other non-regular file" if os.path.lexists(blocker) and not is_regular(blocker) \
                 else "a different file"
-            out.warnings.append(f"{f['file_path']} staged as {name}: {why} already had its name")
+            out.warnings.append(renamed_note(f["file_path"], name, why))
         keys = f.keys()
         scanned = (f["file_size"], f["mtime_ns"] if "mtime_ns" in keys else None, f["inode"] if "inode" in keys else None)
         return FileAction(bytes(f["path_bytes"]), name, action, f["file_hash"], f["file_size"] or 0, None,

@@ -9,6 +9,7 @@ directory), so each run replaces the previous run's checks instead of piling up 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
@@ -24,6 +25,21 @@ def is_image(name: str) -> bool:
 
 def is_album_warning(warning: str) -> bool:
     return warning.startswith(PREFIX)
+
+
+# A per-file warning that names a file in the album directory: it stays true while that file does.
+_RENAMED = re.compile(r" staged as (.+): (?:a symlink or other non-regular file|a different file) already had its name$")
+
+
+def renamed_note(source: str, name: str, why: str) -> str:
+    """`<inbound path> staged as <name>: <why> already had its name`."""
+    return f"{source} staged as {name}: {why} already had its name"
+
+
+def renamed_name(warning: str) -> str | None:
+    """The staged name a `renamed_note` names, else None."""
+    found = _RENAMED.search(warning)
+    return found.group(1) if found else None
 
 
 def album_warnings(tracks: list[dict], album: dict, images: int, this_year: int | None = None) -> list[str]:
