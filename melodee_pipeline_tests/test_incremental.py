@@ -331,3 +331,14 @@ def test_reconcile_adopts_nothing_that_would_break_the_album(five_albums, engine
     doc = json.loads(sidecar_path(libs, LZ).read_bytes())
     assert [t["name"] for t in doc["tracks"]] == ["Black Dog", "Rock and Roll", "Good"]
     assert rows(engine)[str(album_dir)][1] == 3
+
+
+def test_staging_list_marks_a_row_whose_album_is_gone(five_albums, engine, capsys):
+    from melodee_pipeline.cli import main
+
+    gone = five_albums["staging"] / "BAN" / "Band" / "2001 - Record"
+    shutil.rmtree(gone)
+    assert main(["staging", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    marked = [line for line in lines if line.endswith("(not in staging; `reconcile` reports it)")]
+    assert len(lines) == 6 and len(marked) == 1 and str(gone) in marked[0]

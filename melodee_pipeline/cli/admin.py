@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import unicodedata
 
 from melodee_pipeline.cli import database
@@ -57,7 +58,10 @@ def cmd_staging_list(args) -> int:
         return 0
     print(f"{'ARTIST':<24}  {'ALBUM':<32}  {'TRACKS':>6}  {'STATUS':<14}  STAGING PATH")
     for artist, album, tracks, status, path in rows:
-        print(f"{_cell(artist, 24):<24}  {_cell(album, 32):<32}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096)}")
+        # Awaiting review with no album behind it (deleted by hand): not a normal row. Approved
+        # ones leave staging when Melodee promotes them.
+        gone = "  (not in staging; `reconcile` reports it)" if status == "pending_review" and not os.path.isdir(path) else ""
+        print(f"{_cell(artist, 24):<24}  {_cell(album, 32):<32}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096)}{gone}")
     return 0
 
 
