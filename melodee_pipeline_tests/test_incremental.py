@@ -340,5 +340,5 @@ def test_staging_list_marks_a_row_whose_album_is_gone(five_albums, engine, capsy
     shutil.rmtree(gone)
     assert main(["staging", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    marked = [line for line in lines if line.endswith("(not in staging; `reconcile` reports it)")]
+    marked = [line for line in lines if line.endswith("  (gone; see reconcile)")]
     assert len(lines) == 6 and len(marked) == 1 and str(gone) in marked[0]

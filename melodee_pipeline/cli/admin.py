@@ -60,7 +60,7 @@ def cmd_staging_list(args) -> int:
     for artist, album, tracks, status, path in rows:
         # Awaiting review with no album behind it (deleted by hand): not a normal row. Approved
         # ones leave staging when Melodee promotes them.
-        gone = "  (not in staging; `reconcile` reports it)" if status == "pending_review" and not os.path.isdir(path) else ""
+        gone = "  (gone; see reconcile)" if status == "pending_review" and not os.path.isdir(path) else ""
         print(f"{_cell(artist, 24):<24}  {_cell(album, 32):<32}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096)}{gone}")
     return 0
 
