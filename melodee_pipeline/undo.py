@@ -175,7 +175,7 @@ def _tracks(files: list[ReturnFile]) -> int:
 
 
 def returned_text(files: int, tracks: int) -> str:
-    """`5 file(s) (3 tracks, 2 other)`: a run counts the tracks it moved, an undo every file."""
+    """`5 file(s) (3 track(s), 2 other)`: a run counts the tracks it moved, an undo every file."""
     return f"{files} file(s)" + (f" ({tracks} track(s), {files - tracks} other)" if tracks != files else "")
 
 

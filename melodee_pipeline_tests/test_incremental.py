@@ -342,3 +342,9 @@ def test_staging_list_marks_a_row_whose_album_is_gone(five_albums, engine, capsy
     lines = capsys.readouterr().out.splitlines()
     marked = [line for line in lines if line.endswith("  (gone; see reconcile)")]
     assert len(lines) == 6 and len(marked) == 1 and str(gone) in marked[0]
+    for album_dir in [p.parent for p in five_albums["staging"].rglob("album.melodee.json")]:
+        shutil.rmtree(album_dir)  # as an unmounted staging library looks
+    assert main(["staging", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "note: none of the 5 albums awaiting review is in staging: is the staging library mounted?"
+    assert len(lines) == 7 and not any(line.endswith("(gone; see reconcile)") for line in lines)

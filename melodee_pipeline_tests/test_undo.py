@@ -365,3 +365,12 @@ def test_undoing_a_merge_takes_its_rename_notes_along(env, libs, engine, capsys)
     assert sorted(os.listdir(target)) == ["01 - One.flac", SIDECAR, "cover.png"]
     notes = json.loads((target / SIDECAR).read_bytes())["validation"]["warnings"]
     assert not any("staged as" in n for n in notes), notes
+
+
+def test_a_rename_note_is_kept_while_its_file_is_there_whatever_the_inbound_path():
+    from melodee_pipeline.staging.validation import note_stands, renamed_note
+
+    note = renamed_note("/in/Live staged as a trio/01.flac", "01 - One (2).flac", "a different file")
+    assert note_stands(note, ["01 - One.flac", "01 - One (2).flac"])
+    assert not note_stands(note, ["01 - One.flac"])
+    assert note_stands("album check: no cover image", [])

@@ -56,13 +56,29 @@ def cmd_staging_list(args) -> int:
     if not rows:
         print("no staging items" + (f" with status {args.status}" if args.status else ""))
         return 0
+    # Awaiting review with no album behind it (deleted by hand) is not a normal row; approved ones
+    # leave staging when Melodee promotes them. None of them there: staging is not mounted, rather.
+    pending = [path for _, _, _, status, path in rows if status == "pending_review"]
+    gone = {path for path in pending if _missing(path)}
+    if len(gone) > 1 and len(gone) == len(pending):
+        print(f"note: none of the {len(pending)} albums awaiting review is in staging: is the staging library mounted?")
+        gone = set()
     print(f"{'ARTIST':<24}  {'ALBUM':<32}  {'TRACKS':>6}  {'STATUS':<14}  STAGING PATH")
     for artist, album, tracks, status, path in rows:
-        # Awaiting review with no album behind it (deleted by hand): not a normal row. Approved
-        # ones leave staging when Melodee promotes them.
-        gone = "  (gone; see reconcile)" if status == "pending_review" and not os.path.isdir(path) else ""
-        print(f"{_cell(artist, 24):<24}  {_cell(album, 32):<32}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096)}{gone}")
+        mark = "  (gone; see reconcile)" if path in gone and status == "pending_review" else ""
+        print(f"{_cell(artist, 24):<24}  {_cell(album, 32):<32}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096)}{mark}")
     return 0
+
+
+def _missing(path: str) -> bool:
+    """No such directory (not: one this user cannot see into)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def cmd_settings(args) -> int:

@@ -36,6 +36,10 @@ _TEMP = ".tmp-"  # memory path + this + a random part: a new memory is written a
 # Reasons that say nothing of the file's content, only of this reading: a bug of ours (fixed, the
 # file goes through), a permission or an I/O error (granted or gone, the same bytes read fine).
 NOT_REMEMBERED = (INTERNAL_ERROR, f"{UNREADABLE}:")
+# The refused rows worth remembering: with a stat to compare, and a verdict on the file's bytes.
+_REMEMBERABLE = ("is_valid = 0 AND mtime_ns IS NOT NULL"
+                 + "".join(" AND substr(validation_error, 1, ?) != ?" for _ in NOT_REMEMBERED))
+_REMEMBERABLE_ARGS = tuple(v for reason in NOT_REMEMBERED for v in (len(reason), reason))
 IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~450 bytes each, ~9 MiB); more: a query a file
 
 
@@ -58,7 +62,7 @@ def start(memory: str, scan_db_dir: str) -> tuple[str, str, str | None]:
         return (*scandb.create(scan_db_dir), None)
     try:
         scan_id, path = scandb.create(scan_db_dir, template=memory)
-    except (OSError, sqlite3.Error) as exc:  # damaged, or replaced by a foreign file: start afresh
+    except scandb.UnusableTemplate as exc:  # damaged, or replaced by a foreign file: start afresh
         return (*scandb.create(scan_db_dir), f"remembered refusals {memory} unusable ({exc}): every file read again")
     return scan_id, path, None
 
@@ -111,8 +115,9 @@ class Refusals:
             with self.conn:
                 self.conn.execute("DELETE FROM temp.recalled")
                 self.conn.executemany("INSERT OR IGNORE INTO temp.recalled VALUES (?)", ((p,) for p in self.recalled))
-        (new,) = self.conn.execute("SELECT count(*) FROM scanned_files WHERE id > ? AND is_valid = 0",
-                                   (self.last_id,)).fetchone()
+        # New refusals to remember (a file that cannot be read, refused again each run, is none).
+        (new,) = self.conn.execute(f"SELECT count(*) FROM scanned_files WHERE id > ? AND {_REMEMBERABLE}",
+                                   (self.last_id, *_REMEMBERABLE_ARGS)).fetchone()
         note = None
         if stale or new or self.rewrite:
             try:
@@ -126,7 +131,7 @@ class Refusals:
         return note
 
     def _remember(self, scan_id: str, stale: bool) -> None:
-        """Write what is now remembered aside, durably, then rename it over the memory: a scan
+        """Write what is now remembered aside (fsynced), then rename it over the memory: a scan
         copying it meanwhile gets the old memory or the new, never half of one."""
         temp = f"{self.memory}{_TEMP}{secrets.token_hex(4)}"
         _forget_others(self.memory)
@@ -141,12 +146,10 @@ class Refusals:
                     # is harmless: it is recalled only if its exact name and stat still match).
                     self.conn.execute(
                         f"INSERT INTO memory.scanned_files ({columns}) SELECT {columns} FROM main.scanned_files AS r "
-                        "WHERE is_valid = 0 AND mtime_ns IS NOT NULL "
-                        + "".join(" AND substr(validation_error, 1, ?) != ?" for _ in NOT_REMEMBERED)
-                        + " AND (r.id > ? OR NOT ? OR r.path_bytes IN temp.recalled OR EXISTS ("
+                        f"WHERE {_REMEMBERABLE} AND (r.id > ? OR NOT ? OR r.path_bytes IN temp.recalled OR EXISTS ("
                         "    SELECT 1 FROM main.skipped AS k WHERE r.file_path = k.path "
                         "    OR substr(r.file_path, 1, length(k.path) + 1) = k.path || '/'))",
-                        (*[v for reason in NOT_REMEMBERED for v in (len(reason), reason)], self.last_id, stale),
+                        (*_REMEMBERABLE_ARGS, self.last_id, stale),
                     )
                     self.conn.execute("INSERT INTO memory.scan_info(key, value) VALUES ('refusals_of', ?)", (scan_id,))
             finally:
@@ -159,17 +162,21 @@ class Refusals:
             raise
 
 
-def _forget_others(memory: str, older_than: float = 3600) -> None:
-    """The same inbound's memories by another tag reader (an upgrade), and memories being written
-    when their scan was killed (an hour old: not one being written now)."""
+def _forget_others(memory: str, older_than: float = 3600, other_reader_after: float = 7 * 86400) -> None:
+    """The same inbound's memories by another tag reader, unused for a week (an upgrade; not a
+    second install of another version sharing the directory, which writes its own), and memories
+    being written when their scan was killed (an hour old: not one being written now).
+    Housekeeping: what it cannot delete stays, and the memory is written all the same."""
     directory, name = os.path.split(memory)
     same_inbound = name[: name.rindex("-") + 1]
+    now = time.time()
     for other in os.listdir(directory):
         path = os.path.join(directory, other)
         try:
             if other.startswith(same_inbound) and other.endswith(".db") and other != name:
-                os.unlink(path)
-            elif other.startswith(PREFIX) and _TEMP in other and os.stat(path).st_mtime < time.time() - older_than:
-                os.unlink(path)
-        except FileNotFoundError:
+                if os.stat(path).st_mtime < now - other_reader_after:
+                    os.unlink(path)
+            elif other.startswith(PREFIX) and _TEMP in other and os.stat(path).st_mtime < now - older_than:
+                scandb.delete(path)
+        except OSError:
             pass

@@ -126,8 +126,12 @@ def create(directory: str, now: datetime | None = None, template: str | None = N
     part = os.path.join(directory, f".{scan_id}.db{PART}")
     try:
         if template is not None:
-            shutil.copyfile(template, part)
-            _check_template(part)
+            try:
+                shutil.copyfile(template, part)
+                _check_template(part)
+            except (OSError, sqlite3.Error) as exc:
+                delete(part)
+                raise UnusableTemplate(str(exc)) from None
         conn = connect(part)
         try:
             with conn:
@@ -137,10 +141,12 @@ def create(directory: str, now: datetime | None = None, template: str | None = N
         os.rename(part, path)
     except (OSError, sqlite3.Error) as exc:
         delete(part)
-        if template is not None:
-            raise
         raise UserError(f"cannot create scan DB {path}: {exc}") from None
     return scan_id, path
+
+
+class UnusableTemplate(Exception):
+    """The template could not be copied, or is not whole remembered refusals."""
 
 
 def _check_template(path: str) -> None:
@@ -201,7 +207,7 @@ def prune(directory: str, keep: int, current: str) -> list[str]:
     for p in Path(directory).glob(f".{PREFIX}*.db{PART}"):
         try:
             if p.stat().st_mtime < time.time() - 3600:
-                p.unlink()
+                delete(str(p))  # with the -wal and -shm its connection left
                 removed.append(str(p))
         except FileNotFoundError:
             pass

@@ -5,6 +5,7 @@ Runs inside worker processes: mediafile is pure Python, so tag parsing is bound 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -188,7 +189,7 @@ def read_media_file(path: bytes, st: os.stat_result | Identity | None = None) ->
         length = _read_tags(opened, row)
     except Exception as exc:  # mediafile/mutagen raise many types for corrupt data
         if (failed := _io_error(exc)) is not None:
-            row["validation_error"] = storable(f"{UNREADABLE}: {failed.strerror or failed}")
+            row["validation_error"] = storable(f"{UNREADABLE}: {failed.strerror or failed or type(failed).__name__}")
             return row
         verdict = "corrupt or not audio" if _from_parser(exc) else INTERNAL_ERROR
         detail = _without_name(str(exc), os.fsdecode(path))
@@ -227,8 +228,10 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 def _io_error(exc: BaseException) -> OSError | None:
     """The I/O error behind `exc`, if any: mutagen wraps a failing open or read (a NAS hiccup) in
-    its own error, which must not pass for a verdict on the file's bytes, nor be remembered."""
-    return next((e for e in _causes(exc) if isinstance(e, OSError)), None)
+    its own error, which must not pass for a verdict on the file's bytes, nor be remembered. Only
+    an error the system raised counts: mutagen's own "not enough data" is an `IOError` without an
+    errno (a truncated file: corrupt), and a seek before the start of a short file is EINVAL."""
+    return next((e for e in _causes(exc) if isinstance(e, OSError) and e.errno not in (None, errno.EINVAL)), None)
 
 
 def _from_parser(exc: BaseException) -> bool:

@@ -15,7 +15,7 @@ from melodee_pipeline.scan.walk import is_media
 from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.extras import extract_cover
 from melodee_pipeline.staging.paths import ensure_inside
-from melodee_pipeline.staging.validation import album_warnings, is_album_warning, is_image, renamed_name
+from melodee_pipeline.staging.validation import album_warnings, is_album_warning, is_image, note_stands
 
 
 @dataclass
@@ -96,8 +96,7 @@ def refresh_checks(album_dir: str, doc: dict, cover: str | None = None) -> list[
     checks = album_warnings(doc["tracks"], doc["album"], images)
     v = doc.setdefault("validation", {"is_valid": True, "errors": [], "warnings": []})
     # A file renamed on its way in that has left (undone, removed by hand) takes its note along.
-    v["warnings"] = [w for w in v.get("warnings") or []
-                     if not is_album_warning(w) and renamed_name(w) in (None, *names)] + checks
+    v["warnings"] = [w for w in v.get("warnings") or [] if not is_album_warning(w) and note_stands(w, names)] + checks
     return checks
 
 

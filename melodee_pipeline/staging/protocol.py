@@ -32,7 +32,7 @@ from melodee_pipeline.staging.moves import (
 from melodee_pipeline.staging.paths import ensure_inside, name_key, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album
 from melodee_pipeline.staging.ratelimit import RateLimiter
-from melodee_pipeline.staging.validation import renamed_note
+from melodee_pipeline.staging.validation import RENAME_REASONS, renamed_note
 
 MOVE, RENAME, ALREADY = "move", "rename", "already_staged"
 NOT_A_FILE = "<not a regular file>"  # never equal to a sha256
@@ -147,8 +147,7 @@ def plan_album(root: str, album: Album, recovered: set[str]) -> AlbumOutcome:
         name, action = resolve_name(album_dir, wanted, f["file_hash"], taken, present)
         if action == RENAME:
             blocker = os.path.join(album_dir, present.get(name_key(wanted), wanted))
-            why = "a symlink or other non-regular file" if os.path.lexists(blocker) and not is_regular(blocker) \
-                else "a different file"
+            why = RENAME_REASONS[0] if os.path.lexists(blocker) and not is_regular(blocker) else RENAME_REASONS[1]
             out.warnings.append(renamed_note(f["file_path"], name, why))
         keys = f.keys()
         scanned = (f["file_size"], f["mtime_ns"] if "mtime_ns" in keys else None, f["inode"] if "inode" in keys else None)

@@ -9,7 +9,6 @@ directory), so each run replaces the previous run's checks instead of piling up 
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
@@ -27,8 +26,8 @@ def is_album_warning(warning: str) -> bool:
     return warning.startswith(PREFIX)
 
 
-# A per-file warning that names a file in the album directory: it stays true while that file does.
-_RENAMED = re.compile(r" staged as (.+): (?:a symlink or other non-regular file|a different file) already had its name$")
+# Why a file was staged under another name (`renamed_note`).
+RENAME_REASONS = ("a symlink or other non-regular file", "a different file")
 
 
 def renamed_note(source: str, name: str, why: str) -> str:
@@ -36,10 +35,13 @@ def renamed_note(source: str, name: str, why: str) -> str:
     return f"{source} staged as {name}: {why} already had its name"
 
 
-def renamed_name(warning: str) -> str | None:
-    """The staged name a `renamed_note` names, else None."""
-    found = _RENAMED.search(warning)
-    return found.group(1) if found else None
+def note_stands(warning: str, names: list[str]) -> bool:
+    """False for a `renamed_note` whose file is no longer among `names` (the album directory's):
+    matched from the end, so an inbound path that itself holds " staged as " cannot mislead."""
+    endings = [f": {why} already had its name" for why in RENAME_REASONS]
+    if not any(warning.endswith(e) for e in endings):
+        return True
+    return any(warning.endswith(f" staged as {n}{e}") for n in names for e in endings)
 
 
 def album_warnings(tracks: list[dict], album: dict, images: int, this_year: int | None = None) -> list[str]:
