@@ -5,8 +5,9 @@ leftovers: 63 s instead of 0.27 s). The memory (`memory_path`: one per inbound a
 beside the scan DBs, under a name their pruning never matches. It is itself a scan DB holding only
 the rows of the files the last completed scan of that inbound refused, plus those remembered under
 a path it skipped (it did not look there), and each scan DB starts as a copy of it (`start`): a
-leftover's row is in place before the walk reaches it, so what a run pays for its leftovers is one file copy, one query and a stat each
-(writing 5,000 leftovers' rows into each scan DB cost ~17 ms a run, the copy ~3 ms).
+leftover's row is in place before the walk reaches it, so what a run pays for its leftovers is one
+file copy, one check, one query and a stat each (writing 5,000 leftovers' rows into each scan DB
+cost ~17 ms a run, the copy ~3 ms).
 
 The walk recalls a remembered file whose size, mtime, inode and ctime are unchanged (ctime
 catches a chmod that makes an unreadable file readable); `finish` then deletes the rows it did
@@ -46,7 +47,7 @@ IN_MEMORY_MAX = 20_000  # remembered refusals held in a dict (~450 bytes each, ~
 def memory_path(scan_db_dir: str, inbound: str) -> str:
     """The memory of the scans of `inbound` read by this tag reader. One per inbound: scans of two
     inbounds sharing a scan DB directory (`scan-inbound` of another folder, two installs) would
-    otherwise each forget the other's. One a reader: a refusal by an older mutagen or reading
+    otherwise each forget the other's. One per reader: a refusal by an older mutagen or reading
     code (a parser bug, since fixed) is read again once after an upgrade."""
     def short(text: str | bytes) -> str:
         return hashlib.sha256(os.fsencode(text)).hexdigest()[:12]
