@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import closing
 
 from melodee_pipeline.cli import database
 from melodee_pipeline.errors import UserError
@@ -22,8 +23,6 @@ def cmd_scan_inbound(args) -> int:
 
 
 def cmd_refusals(args) -> int:
-    from contextlib import closing
-
     from melodee_pipeline.scan import scandb
 
     path = args.scan or scandb.newest(args.dir)
@@ -72,9 +71,8 @@ def cmd_process_scan(args) -> int:
         g, s, rows = cycle.stage_scan(run, engine, logging.getLogger("melodee_pipeline"))
     from melodee_pipeline.scan import scandb
 
-    conn = scandb.open_existing(args.scan)
-    info = {k: scandb.get_info(conn, k) for k in ("files", "valid", "invalid", "skipped")}
-    conn.close()
+    with closing(scandb.open_existing(args.scan)) as conn:  # closed on any error too
+        info = {k: scandb.get_info(conn, k) for k in ("files", "valid", "invalid", "skipped")}
     print(f"files {info['files']}, valid {info['valid']}, invalid {info['invalid']}, skipped {info['skipped']}")
     verb = "would move" if args.dry_run else "moved"
     print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}, "
