@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from melodee_pipeline.db.engine import reported
 from melodee_pipeline.errors import RunFailed
 from melodee_pipeline.grouping import GroupResult, group_albums
 from melodee_pipeline.libraries import RunLibraries, resolve_libraries
@@ -58,8 +59,9 @@ def apply_overrides(settings: StagingScanSettings, overrides: dict[str, Any], li
 
 
 def setup_cycle(conn: sa.Connection, overrides: dict[str, Any] | None = None) -> CycleSetup:
-    libs = resolve_libraries(conn)
-    settings = load_settings(conn)
+    with reported(conn.engine):  # a database without Melodee's tables: which one, and `db init`
+        libs = resolve_libraries(conn)
+        settings = load_settings(conn)
     settings = apply_overrides(settings, overrides or {}, [libs.inbound.path, libs.staging.path])
     return CycleSetup(settings, libs)
 

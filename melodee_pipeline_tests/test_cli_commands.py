@@ -270,6 +270,13 @@ def test_user_errors_are_one_line_without_traceback(env, home):
     proc = cli(["settings", "list"], e)  # before db init
     assert proc.returncode == 2
     assert "run `melodee-pipeline db init` first" in one_error_line(proc)
+    # `run` (a Dagster run, which fails: exit 1) says the same, not the server's "relation ... does not exist"
+    proc = cli(["run"], e)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and errors == [
+        "error: run failed: scan_inbound: table libraries does not exist in database "
+        f"{sa.engine.make_url(env['MELODEE_DATABASE_URL']).render_as_string(hide_password=True)}: "
+        "run `melodee-pipeline db init` first"], proc.stderr
     for args in (["run", "--workers", "99"], ["bogus"], ["staging", "list", "--status", "done"], ["settings", "get"]):
         proc = cli(args, e)
         assert proc.returncode == 2, (args, proc.stderr)

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from melodee_pipeline import convergence, cycle, faults
+from melodee_pipeline.db.engine import database_error
 from melodee_pipeline.errors import DatabaseUnavailable, UserError
 from melodee_pipeline.grouping import group_albums as group_scan_db
 from melodee_pipeline.orchestration import assets
@@ -58,9 +59,8 @@ def hard_failure(retry: bool = False) -> Iterator[None]:
         raise dg.Failure(description=str(exc), allow_retries=retry) from exc
     except (UserError, OSError, sqlite3.Error) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    except sa.exc.DBAPIError as exc:  # the database went away mid-op
-        raise dg.Failure(description=f"database error: {str(exc.orig or exc).strip().splitlines()[0]}",
-                         allow_retries=retry) from exc
+    except sa.exc.DBAPIError as exc:  # the database went away mid-op, or a table is missing
+        raise dg.Failure(description=str(database_error(None, exc)), allow_retries=retry) from exc
 
 
 @dg.op(out=dg.Out(cycle.StagingRun, is_required=False), tags={"kind": "scan"})
