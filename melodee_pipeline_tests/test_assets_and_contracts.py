@@ -214,8 +214,10 @@ def test_dry_run_of_two_new_albums_says_would_move_and_counts_the_rows_it_would_
     assert "staging_items: would write 2 new and 0 updated rows" in result.log_messages
     assert any(m.startswith("planned 2 albums (0 failed): 3 files to move") for m in result.log_messages)
     record = metadata(result, "record_staging_items")
-    assert (record["inserted"], record["updated"]) == (2, 0)
+    assert (record["would_insert"], record["would_update"]) == (2, 0) and "inserted" not in record
     summary = result.output_for_node("record_staging_items")
     assert summary["files_to_move"] == 3 and "files_moved" not in summary
+    assert summary["would_insert"] == 2 and "inserted" not in summary
+    assert "albums_with_warnings" not in summary  # a plan runs no album checks: no 0 that means nothing
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 0

@@ -190,6 +190,22 @@ def test_dry_run_changes_nothing_but_records_the_plan(dirs, engine):
     assert plan == [("BAN/Band/2001 - Record/01 - Song (2).mp3", "rename"), ("BAN/Band/2001 - Record/02 - New.mp3", "move")]
 
 
+def test_process_scan_dry_run_says_planned_and_claims_no_album_checks(dirs, monkeypatch, capsys):
+    from melodee_pipeline.cli import main
+
+    monkeypatch.delenv("MELODEE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("MELODEE_HOME", str(dirs["scans"].parent / "nohome"))  # no database
+    album(dirs["inbound"], "Band", "Record", 2001, ["Song", "Other"], ".mp3", seed=1)
+    assert main(["scan-inbound", "--path", str(dirs["inbound"]), "--output", str(dirs["scans"]), "--min-file-age", "0"]) == 0
+    scan_db = capsys.readouterr().out.strip()
+    assert main(["process-scan", "--scan", scan_db, "--staging", str(dirs["staging"]), "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "albums 1, planned 1, failed 0; files would move 2," in planned and "warnings" not in planned
+    assert main(["process-scan", "--scan", scan_db, "--staging", str(dirs["staging"])]) == 0
+    staged = capsys.readouterr().out
+    assert "albums 1, staged 1, failed 0, with warnings for the reviewer 1; files moved 2," in staged  # no cover art
+
+
 def test_one_album_failing_does_not_stop_the_others(dirs, engine):
     load_melodee_schema(engine)  # Melodee's own tables and seeds
     album(dirs["inbound"], "Good", "Fine", 2001, ["A"], ".mp3", seed=1)

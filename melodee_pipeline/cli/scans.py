@@ -75,8 +75,8 @@ def cmd_process_scan(args) -> int:
         info = {k: scandb.get_info(conn, k) for k in ("files", "valid", "invalid", "skipped")}
     print(f"files {info['files']}, valid {info['valid']}, invalid {info['invalid']}, skipped {info['skipped']}")
     verb = "would move" if args.dry_run else "moved"
-    print(f"albums {g.albums}, staged {s.albums_success}, failed {s.albums_failed}, "
-          f"with warnings for the reviewer {s.albums_with_warnings}; files {verb} {s.files_moved}, "
+    warned = "" if args.dry_run else f", with warnings for the reviewer {s.albums_with_warnings}"  # a plan runs no checks
+    print(f"albums {g.albums}, {'planned' if args.dry_run else 'staged'} {s.albums_success}, failed {s.albums_failed}{warned}; files {verb} {s.files_moved}, "
           f"duplicates (already staged) {s.already_staged}, renamed {s.renamed}, failed {s.files_failed}"
           + (f"; {s.recovered} interrupted album file(s) finished first" if s.recovered else "")
           + (" [dry run: nothing moved]" if args.dry_run else ""))

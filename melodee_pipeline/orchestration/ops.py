@@ -158,6 +158,9 @@ def stage_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_
     return replace(run, stage=result)
 
 
+PLANNED_ROWS = {"inserted": "would_insert", "updated": "would_update", "reopened": "would_reopen"}
+
+
 @dg.op(tags={"kind": "record"}, retry_policy=dg.RetryPolicy(max_retries=2, delay=faults.retry_delay(5)))
 def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, database: MelodeeDatabase,
                          staging_lock: StagingRunLock) -> dict:
@@ -170,7 +173,8 @@ def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, 
                             + "; ".join(result.refused[:20]))
     rows = {"inserted": result.inserted, "updated": result.updated, "reopened": result.reopened,
             "unchanged": result.unchanged, "deleted_kept": result.deleted_kept, "rows_refused": len(result.refused)}
-    if run.dry_run:
+    if run.dry_run:  # counted, not written: named like `files_to_move`
+        rows = {PLANNED_ROWS.get(k, k): v for k, v in rows.items()}
         context.log.info(f"staging_items: would write {result.inserted} new and {result.updated} updated rows")
     else:
         context.log.info(f"staging_items: wrote {result.inserted} new and {result.updated} updated rows "
@@ -189,7 +193,8 @@ def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, 
     summary = {
         "scan_id": run.scan_id, "inbound_path": run.inbound_path, "staging_path": run.staging_path,
         "scan_db": run.scan_db, "albums_total": stage.albums_total, "albums_success": stage.albums_success,
-        "albums_failed": stage.albums_failed, "albums_with_warnings": stage.albums_with_warnings,
+        "albums_failed": stage.albums_failed,
+        **({} if run.dry_run else {"albums_with_warnings": stage.albums_with_warnings}),  # a plan runs no album checks
         "files_skipped": run.files_skipped,
         "duration": round(time.time() - run.started, 3), "dry_run": run.dry_run, "rate_limit": run.rate_limit,
     }
