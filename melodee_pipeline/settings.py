@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from sqlalchemy.dialects.postgresql import insert
 
 from melodee_pipeline.db.schema import libraries as libraries_table
@@ -56,6 +56,10 @@ def _cron(value: str) -> str:
     expr = " ".join(value.split())
     if len(expr.split(" ")) != 5 or not croniter.is_valid(expr):
         raise ValueError("must be a 5-field cron expression (minute hour day month weekday), e.g. '0 */1 * * *'")
+    try:  # valid fields, but a date that never comes ('0 0 31 2 *'): the sensor would fail every tick
+        croniter(expr).get_next()
+    except CroniterBadDateError:
+        raise ValueError("never fires: no date matches its day and month fields") from None
     return expr
 
 

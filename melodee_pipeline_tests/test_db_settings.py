@@ -70,6 +70,7 @@ BAD_SETTINGS = [
     ("staging_scan.workers", "abc"), ("staging_scan.workers", "0"), ("staging_scan.workers", "65"),
     ("staging_scan.workers", ""), ("staging_scan.enabled", "maybe"), ("staging_scan.enabled", "tRuE"), ("staging_scan.dry_run", "2"),
     ("staging_scan.schedule", "* * * * * *"), ("staging_scan.schedule", "nonsense"), ("staging_scan.schedule", "61 * * * *"),
+    ("staging_scan.schedule", "0 0 31 2 *"), ("staging_scan.schedule", "0 0 30 2 *"),  # valid fields, never a date
     ("staging_scan.rate_limit", "-1"), ("staging_scan.rate_limit", "fast"),
     ("staging_scan.scan_db_data_path", "relative/dir"), ("staging_scan.min_file_age_seconds", "-5"),
     ("staging_scan.keep_scan_dbs", "0"),

@@ -87,7 +87,7 @@ def test_disabled_skips_and_ticks_passed_while_disabled_produce_no_run(sensor_en
 
 
 @pytest.mark.parametrize("key,value", [("workers", "0"), ("schedule", "every hour"), ("enabled", "perhaps"),
-                                       ("scan_db_data_path", "scans")])
+                                       ("scan_db_data_path", "scans"), ("schedule", "0 0 31 2 *")])
 def test_invalid_setting_skips_naming_key_and_value(sensor_env, engine, key, value):
     _, _, tick = sensor_env
     setting(engine, key, value)
