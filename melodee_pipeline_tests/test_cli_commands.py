@@ -471,3 +471,14 @@ def test_held_dagster_connections_survive_postgres_dropping_them(env, libs, engi
                                            "WHERE datname = 'dagster' AND pid <> pg_backend_pid()")).scalar()
         assert dropped >= 1  # the pooled connection was there, and is gone now
         assert len(instance.get_runs()) == runs
+
+
+def test_a_reader_that_stops_reading_ends_nothing_early_and_prints_no_error(env, melodee_db, home):
+    """`melodee-pipeline ... | head -1`: the pipe closes before the command writes."""
+    e = {**clean_env(home), "MELODEE_DATABASE_URL": env["MELODEE_DATABASE_URL"]}
+    for args in (["settings", "set", "staging_scan.workers", "3"], ["settings", "list"]):
+        proc = subprocess.Popen([SCRIPT, *args], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # the reader is gone before the first line
+        assert (proc.wait(timeout=120), proc.stderr.read()) == (0, ""), args
+    with melodee_db.connect() as conn:  # the work was done all the same
+        assert conn.execute(sa.text("SELECT value FROM settings WHERE key = 'staging_scan.workers'")).scalar() == "3"

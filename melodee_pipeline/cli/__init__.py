@@ -99,5 +99,37 @@ def _imports_done(args) -> None:
 
 def entry() -> int:
     """The console script `melodee-pipeline`."""
+    sys.stdout = _ReaderMayLeave(sys.stdout)
     return main(own_process=True)
+
+
+class _ReaderMayLeave:
+    """stdout for a reader that may stop reading (`| head`): once the pipe is closed, output is
+    dropped and the command still finishes its work (an `undo` or a run stopped half-way by a
+    closed pipe is no help), with its own exit code."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def _guarded(self, call, *args):
+        if not self._gone:
+            try:
+                return call(*args)
+            except BrokenPipeError:
+                self._gone = True
+                # What is still buffered goes nowhere, so the interpreter's last flush cannot fail.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+        return None
+
+    def write(self, text: str) -> int:
+        self._guarded(self._stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
