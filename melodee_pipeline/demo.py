@@ -20,6 +20,7 @@ from melodee_pipeline.samples import Tags, make_track
 
 DEMO_DIR = "demo"
 DEMO_DATABASE = "melodee_demo"
+DEMO_DAGSTER_DATABASE = "dagster_demo"  # the demo's run history and asset materialisations
 MARKER = ".melodee-pipeline-demo"
 
 
@@ -29,6 +30,7 @@ class Demo:
     inbound: str
     staging: str
     scan_db_dir: str
+    dagster_home: str
 
 
 SAMPLE_ALBUMS = [
@@ -79,7 +81,7 @@ def prepare(home: Path) -> Demo:
     finally:
         admin.dispose()
     url = embedded_url(DEMO_DATABASE)
-    demo = Demo(url, str(root / "inbound"), str(root / "staging"), str(root / "scan-db"))
+    demo = Demo(url, str(root / "inbound"), str(root / "staging"), str(root / "scan-db"), str(root / "dagster"))
     for path in (demo.inbound, demo.staging, demo.scan_db_dir):
         os.makedirs(path)
     (root / MARKER).write_text("written by `melodee-pipeline demo`; removed by the next demo\n")

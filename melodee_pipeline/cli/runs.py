@@ -31,17 +31,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from melodee_pipeline.db.engine import DAGSTER_DATABASE, embedded_url, melodee_home
-    from melodee_pipeline.demo import DEMO_DATABASE, prepare
+    from melodee_pipeline.db.engine import embedded_url, melodee_home
+    from melodee_pipeline.demo import DEMO_DAGSTER_DATABASE, DEMO_DATABASE, prepare
 
     home = melodee_home()
     demo = prepare(home)
     print(f"demo: sample albums in {demo.inbound}; database {DEMO_DATABASE} in the embedded PostgreSQL under {home}")
-    # The demo's own database and the embedded Dagster storage, whatever is configured.
+    # The demo's own databases, whatever is configured: its run and its sandbox's asset
+    # materialisations stay out of the real run history and asset catalog (and asset checks).
     from melodee_pipeline.orchestration.run_once import environ
 
-    with environ(MELODEE_DATABASE_URL=demo.database_url, DAGSTER_PG_URL=embedded_url(DAGSTER_DATABASE),
-                  DAGSTER_HOME=str(home / "dagster")):
+    with environ(MELODEE_DATABASE_URL=demo.database_url, DAGSTER_PG_URL=embedded_url(DEMO_DAGSTER_DATABASE),
+                  DAGSTER_HOME=demo.dagster_home):
         ok, summary, info = run_job(scan_db_data_path=demo.scan_db_dir)
     if not ok:
         print(f"error: run failed: {info}", file=sys.stderr)
@@ -52,10 +53,10 @@ def cmd_demo(args) -> int:
         print(f"\n{summary['files_moved']} files moved into {summary['albums_success']} albums in staging; the untagged file "
               f"stayed in inbound (`melodee-pipeline refusals --scan {summary['scan_db']}` says why), and each album's "
               f"album.melodee.json lists what a reviewer should check (validation.warnings).")
-    print(f"\nThe demo used only its own directories and database ({DEMO_DATABASE}); your settings and libraries "
-          "are untouched, and the next `demo` starts over.\n"
+    print(f"\nThe demo used only its own directories and databases ({DEMO_DATABASE}, and {DEMO_DAGSTER_DATABASE} for "
+          "its Dagster run); your settings, libraries, runs and assets are untouched, and the next `demo` starts over.\n"
           "next: `melodee-pipeline db init` and `libraries add ...` set up the real thing (README, Everyday use);\n"
-          "      `melodee-pipeline dev` opens the Dagster UI on http://127.0.0.1:3000 (on the embedded default, with this run);\n"
+          "      `melodee-pipeline dev` opens the Dagster UI on http://127.0.0.1:3000 for your runs;\n"
           "      `melodee-pipeline db stop` stops the embedded PostgreSQL.")
     return 0
 
