@@ -190,6 +190,24 @@ def test_dry_run_changes_nothing_but_records_the_plan(dirs, engine):
     assert plan == [("BAN/Band/2001 - Record/01 - Song (2).mp3", "rename"), ("BAN/Band/2001 - Record/02 - New.mp3", "move")]
 
 
+def test_a_name_spelt_with_composed_and_decomposed_accents_is_one_album(dirs):
+    """macOS tools tag `Zoé` as `Zoe` + U+0301: the same album, whichever tool tagged a track."""
+    import unicodedata
+
+    folder = dirs["inbound"] / "Zoé Band - Début"
+    folder.mkdir(parents=True)
+    for n in range(1, 5):
+        form = "NFC" if n <= 2 else "NFD"
+        make_track(str(folder / f"{n:02d}.mp3"), Tags(unicodedata.normalize(form, "Zoé Band"),
+                                                      unicodedata.normalize(form, "Début"), f"Song {n}", track=n, year=2001), seed=n)
+    _scan, staged, _rows = cycle(dirs["inbound"], dirs["staging"], dirs["scans"])
+    assert (staged.albums_total, staged.files_moved) == (1, 4)
+    (sidecar,) = dirs["staging"].glob("*/*/*/album.melodee.json")
+    doc = json.loads(sidecar.read_text())
+    assert doc["artist"]["name"] == unicodedata.normalize("NFC", "Zoé Band") and len(doc["tracks"]) == 4
+    assert sidecar.parent.name == unicodedata.normalize("NFC", "2001 - Début")
+
+
 def test_process_scan_dry_run_says_planned_and_claims_no_album_checks(dirs, monkeypatch, capsys):
     from melodee_pipeline.cli import main
 

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import sys
+import unicodedata
 from typing import NamedTuple
 
 import mediafile
@@ -66,14 +67,16 @@ def storable(text: str) -> str:
 def clean_text(value: object, name: str, warnings: list[str]) -> str:
     """Tag text as stored. NUL and the other control characters are removed: PostgreSQL text cannot
     hold NUL, and none of them belongs in a name or a directory. A lone surrogate (broken UTF-16 in
-    a tag) cannot be stored as text either; it becomes U+FFFD."""
+    a tag) cannot be stored as text either; it becomes U+FFFD. Text is NFC: macOS tools write
+    decomposed accents (`e` + U+0301), and the same name spelt both ways must be one album, one
+    directory code and one artist for Melodee."""
     if value is None:
         return ""
     text = str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     cleaned = _CONTROL.sub("", text)
     if cleaned != text:
         warnings.append(f"control characters removed from {name}")
-    return cleaned.strip()
+    return unicodedata.normalize("NFC", cleaned.strip())
 
 
 def clean_number(value: object, name: str, limit: int, warnings: list[str]) -> int | None:
