@@ -79,6 +79,7 @@ def cmd_process_scan(args) -> int:
     print(f"albums {g.albums}, {'planned' if args.dry_run else 'staged'} {s.albums_success}, failed {s.albums_failed}{warned}; files {verb} {s.files_moved}, "
           f"duplicates (already staged) {s.already_staged}, renamed {s.renamed}, failed {s.files_failed}"
           + (f"; {s.recovered} interrupted album file(s) finished first" if s.recovered else "")
+          + (f"; {s.inbound_kept} staged file(s) still in inbound (could not be deleted)" if s.inbound_kept else "")
           + (" [dry run: nothing moved]" if args.dry_run else ""))
     if rows is None:
         print("no database configured (MELODEE_DATABASE_URL unset, no embedded database): staging_items not recorded; "

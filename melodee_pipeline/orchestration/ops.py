@@ -202,4 +202,4 @@ def record_staging_items(context: dg.OpExecutionContext, run: cycle.StagingRun, 
     context.add_output_metadata({**rows, "summary": dg.MetadataValue.json(summary)})
     moved_key = "files_to_move" if run.dry_run else "files_moved"
     return {**summary, **rows, moved_key: stage.files_moved,
-            **{k: getattr(stage, k) for k in ("already_staged", "renamed", "files_failed", "recovered")}}
+            **{k: getattr(stage, k) for k in ("already_staged", "renamed", "files_failed", "recovered", "inbound_kept")}}

@@ -55,6 +55,7 @@ class FileAction:
     error: str | None = None
     placed: bool = False  # the destination holds the bytes (moved now, or already there)
     scanned: tuple | None = None  # (size, mtime_ns, inode) the scan saw; None: unknown (recovery checks bytes)
+    kept: str | None = None  # staged, but its inbound copy could not be deleted: why (a read-only inbound)
 
 
 @dataclass
@@ -278,7 +279,7 @@ def release_sources(root: str, out: AlbumOutcome) -> None:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                out.warnings.append(f"{display_path(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
+                _kept(out, a, exc)
             faults.point("after_unlink")
         elif a.action == ALREADY:
             _settle_already(album_dir, a, out)
@@ -331,7 +332,12 @@ def _settle_already(album_dir: str, a: FileAction, out: AlbumOutcome) -> None:
         if os.path.lexists(a.source) and not unlink_if_same(a.source, a.sha256):
             out.warnings.append(f"{display_path(a.source)} changed since the scan; left in inbound")
     except OSError as exc:
-        out.warnings.append(f"{display_path(a.source)} is staged, but its inbound copy stays: {exc.strerror}")
+        _kept(out, a, exc)
+
+
+def _kept(out: AlbumOutcome, a: FileAction, exc: OSError) -> None:
+    a.kept = exc.strerror or str(exc)
+    out.warnings.append(f"{display_path(a.source)} is staged, but its inbound copy stays: {a.kept}")
 
 
 def _roll_back(album_dir: str, moving: list[FileAction]) -> None:

@@ -14,6 +14,7 @@ import os
 from contextlib import closing
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from melodee_pipeline.errors import StagingFull, UserError
@@ -21,6 +22,7 @@ from melodee_pipeline.libraries import check_disjoint
 from melodee_pipeline.parallel import batched, process_pool, thread_pool
 from melodee_pipeline.progress import Progress
 from melodee_pipeline.scan import scandb
+from melodee_pipeline.scan.tags import display_path
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.extras import FolderExtras
 from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir, temp_dir
@@ -53,6 +55,7 @@ class StageResult:
     seconds: float
     albums_with_warnings: int = 0  # for the reviewer: album checks or per-file warnings
     extras_moved: int = 0  # cover art, rip logs… that travelled with their album
+    inbound_kept: int = 0  # files staged whose inbound copy could not be deleted (a read-only inbound)
 
 
 def prepare_staging(staging_root: str, logger: logging.Logger, scan_db_dir: str | None = None) -> set[str]:
@@ -224,6 +227,8 @@ def stage_albums(
 
         totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
         failures: dict[str, int] = {}
+        kept: Counter = Counter()  # reason -> staged files whose inbound copy stays
+        kept_example: dict[str, bytes] = {}
         inbound_root = os.fsencode(os.path.normpath(inbound)) if inbound and not dry_run else None
         progress = Progress()
         # A dry run only plans; a rate limit is one budget, which threads share and processes would not.
@@ -247,6 +252,10 @@ def stage_albums(
                 totals["pending"] += out.pending_row
                 totals["warned"] += bool(out.warnings or out.checks)
                 totals["extras"] += sum(1 for x in out.extras if x.placed and x.action != ALREADY)
+                for a in out.actions + out.extras:
+                    if a.kept:
+                        kept[a.kept] += 1
+                        kept_example.setdefault(a.kept, a.source)
                 if inbound_root is not None:  # now, while the workers stage the next batches
                     _remove_empty_dirs({os.path.dirname(a.source) for a in out.actions + out.extras if a.placed}, inbound_root)
                 if bad:
@@ -268,12 +277,16 @@ def stage_albums(
         seconds = time.monotonic() - started
         result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
                              totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds,
-                             totals["warned"], totals["extras"])
+                             totals["warned"], totals["extras"], sum(kept.values()))
         scandb.set_info(conn, staging_path=staging_root, dry_run=int(dry_run), staged=1, stage_seconds=f"{seconds:.3f}")
         conn.commit()
         # One line per reason, never one per album: the full list is the scan DB's `albums` table.
         for reason, n in sorted(failures.items(), key=lambda kv: -kv[1]):
             logger.warning(f"{n} album(s) not fully staged: {reason} (details in the scan DB's albums table)")
+        for reason, n in kept.most_common():  # the bytes are safe; inbound is not being emptied
+            logger.warning(f"{n} staged file(s) could not be deleted from inbound ({reason}), e.g. "
+                           f"{display_path(kept_example[reason])}: each is now in staging and still in inbound, and the "
+                           "next run finds it already staged and tries again; make inbound writable for this pipeline")
         verb = "planned" if dry_run else "staged"
         logger.info(f"{verb} {result.albums_total} albums ({result.albums_failed} failed): {result.files_moved} files "
                     f"{'to move' if dry_run else 'moved'}, {result.already_staged} already staged, {result.renamed} renamed, "
