@@ -188,3 +188,37 @@ def test_an_inbound_that_cannot_be_emptied_is_one_warning_and_the_next_run_tries
     again = stage_albums(scanned(dirs), str(dirs["staging"]), workers=2)
     assert (again.already_staged, again.inbound_kept) == (2, 0)
     assert not list(dirs["inbound"].rglob("*.mp3"))
+
+
+def test_a_full_scan_db_filesystem_names_the_scan_db_and_leaves_no_part_of_it(tmp_path):
+    """A small real filesystem (tmpfs in a private mount namespace) with room for some of a scan
+    DB's files but not all: SQLite says only `disk I/O error` when its WAL index cannot grow."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no private mount namespace here to mount a small filesystem in")
+    (tmp_path / "in").mkdir()
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    code = ("from melodee_pipeline.cli import main; import sys; "
+            f"sys.exit(main(['scan-inbound', '--path', {str(tmp_path / 'in')!r}, '--output', {str(scans)!r}]))")
+    for kib in (96, 160, 192, 208):
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size={kib}k tmpfs "$1" && "$2" -c "$3"; '
+                               'code=$?; ls -A "$1"; exit $code', "sh", str(scans), sys.executable, code],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, (kib, proc.stderr)
+        assert proc.stderr.startswith(f"error: cannot create scan DB {scans}/scan_"), (kib, proc.stderr)
+        assert "full" in proc.stderr and "MiB free)" in proc.stderr, (kib, proc.stderr)
+        assert proc.stdout == "", (kib, proc.stdout)  # nothing left on it
+
+
+def test_a_filesystem_out_of_inodes_says_so_not_megabytes_free(tmp_path):
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no private mount namespace here to mount a small filesystem in")
+    code = ("import os, sys; from melodee_pipeline.diskspace import free_space\n"
+            "n = 0\n"
+            "while True:\n"
+            "    try: open(os.path.join(sys.argv[1], str(n)), 'w').close(); n += 1\n"
+            "    except OSError: break\n"
+            "print(free_space(sys.argv[1]))")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=10m,nr_inodes=8 tmpfs "$1" && "$2" -c "$3" "$1"',
+                           "sh", str(tmp_path), sys.executable, code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("no free inodes: no new file fits, though 10.0 MiB free"), proc.stdout + proc.stderr

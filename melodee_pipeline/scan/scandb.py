@@ -8,6 +8,7 @@ alone.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from melodee_pipeline.diskspace import free_space
 from melodee_pipeline.errors import UserError
 
 SCHEMA = """
@@ -136,13 +138,27 @@ def create(directory: str, now: datetime | None = None, template: str | None = N
         try:
             with conn:
                 set_info(conn, scan_id=scan_id, created_at=now.isoformat())
+            # Into the file itself before its rename: a WAL left by a failed checkpoint at close (a
+            # full disk) would keep the scan_id under the `.part` name.
+            if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                raise sqlite3.OperationalError("its write-ahead log could not be checkpointed")
         finally:
             conn.close()
         os.rename(part, path)
     except (OSError, sqlite3.Error) as exc:
         delete(part)
-        raise UserError(f"cannot create scan DB {path}: {exc}") from None
+        raise failure(path, exc, "cannot create ") from None
     return scan_id, path
+
+
+def failure(path: str, exc: Exception, doing: str = "") -> UserError:
+    """The scan DB `path` and what went wrong, with what its filesystem has left when that is
+    the likely cause: SQLite says only `disk I/O error` when a full disk stops its WAL index."""
+    message = f"{doing}scan DB {path}: {exc}"
+    if (getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_FULL", "SQLITE_IOERR"))
+            or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)):
+        message += f" (its filesystem: {free_space(os.path.dirname(path))})"
+    return UserError(message)
 
 
 class UnusableTemplate(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -59,12 +60,19 @@ def scan_inbound(
     started = time.monotonic()
     memory = refusals.memory_path(scan_db_dir, inbound)
     scan_id, path, memory_note = refusals.start(memory, scan_db_dir)  # the remembered refusals' rows already in it
-    conn = scandb.connect(path)
-    remembered = refusals.Refusals(conn, memory, rewrite=memory_note is not None)
-    # remembered_last_id: the rows up to it are leftovers not read again (`scandb.refused`).
-    scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds,
-                    remembered_last_id=remembered.last_id)
-    conn.commit()
+    conn = None
+    try:
+        conn = scandb.connect(path)
+        remembered = refusals.Refusals(conn, memory, rewrite=memory_note is not None)
+        # remembered_last_id: the rows up to it are leftovers not read again (`scandb.refused`).
+        scandb.set_info(conn, inbound_path=inbound, workers=workers, min_file_age_seconds=min_file_age_seconds,
+                        remembered_last_id=remembered.last_id)
+        conn.commit()
+    except sqlite3.Error as exc:  # a full disk, mostly: this scan has nothing yet, so its DB goes
+        if conn is not None:
+            conn.close()
+        scandb.delete(path)
+        raise scandb.failure(path, exc) from None
     created_at = int(time.time())
     skipped = 0
 
@@ -148,6 +156,8 @@ def scan_inbound(
         scandb.set_info(conn, files=files, valid=valid, invalid=files - valid, unchanged=unchanged, skipped=skipped,
                         scan_seconds=f"{seconds:.3f}")
         conn.commit()
+    except sqlite3.Error as exc:
+        raise scandb.failure(path, exc) from None
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -150,8 +150,3 @@ def remove_temp_dir(staging_root: str) -> None:
         os.rmdir(temp_dir(staging_root))
     except OSError:
         pass
-
-
-def free_bytes(path: str) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize

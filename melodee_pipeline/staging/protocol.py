@@ -21,13 +21,14 @@ import stat
 from dataclasses import dataclass, field
 
 from melodee_pipeline import faults
+from melodee_pipeline.diskspace import free_bytes, free_space, mib
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.scan.tags import display_path
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.albumdir import is_regular, write_sidecar
 from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
-    DISK_FULL, free_bytes, fsync_dir, makedirs_durable, place, regular_file_sha256, unlink_if_same,
+    DISK_FULL, fsync_dir, makedirs_durable, place, regular_file_sha256, unlink_if_same,
 )
 from melodee_pipeline.staging.paths import ensure_inside, name_key, track_file_name, with_suffix_number
 from melodee_pipeline.staging.plan import Album
@@ -203,12 +204,8 @@ def _check_space(root: str, album_dir: str, moving: list[FileAction]) -> None:
         return
     free = free_bytes(album_dir)
     if need + SPACE_RESERVE > free:
-        raise StagingFull(f"staging filesystem {root} is full: {album_dir} needs {_mib(need)} "
-                          f"(+{_mib(SPACE_RESERVE)} reserve), {_mib(free)} free")
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
+        raise StagingFull(f"staging filesystem {root} is full: {album_dir} needs {mib(need)} "
+                          f"(+{mib(SPACE_RESERVE)} reserve), {mib(free)} free")
 
 
 def _moving(actions: list[FileAction]) -> list[FileAction]:
@@ -256,8 +253,8 @@ def place_files(root: str, out: AlbumOutcome, tmp_dir: str, limiter: RateLimiter
         if exc.errno not in DISK_FULL:
             raise  # this album fails; its sources are all still there
         raise StagingFull(f"staging filesystem {root} is full while staging {out.album_dir} "
-                          f"({exc.strerror}); it needs {_mib(sum(a.size for a in moving))}, "
-                          f"{_mib(free_bytes(root))} free") from None
+                          f"({exc.strerror}); it needs {mib(sum(a.size for a in moving))}, "
+                          f"{free_space(root)}") from None
     if any(a.placed for a in moving):
         fsync_dir(album_dir)  # every new name is durable before any source goes
 
