@@ -180,3 +180,46 @@ def test_process_scan_without_a_database_is_still_one_at_a_time(dirs, monkeypatc
     assert (tree(dirs["inbound"]), tree(dirs["staging"])) == before
     assert main(["process-scan", "--scan", scan_db, "--staging", str(dirs["staging"])]) == 0
     assert len(list(dirs["staging"].rglob("*.mp3"))) == 1
+
+
+def test_dagster_storage_going_down_mid_run_is_one_clear_line_and_the_next_run_heals(tmp_path):
+    """The embedded default: Melodee's tables and Dagster's storage on one server, stopped while a
+    run stages (`db stop` in another terminal). Dagster retries each event, then gives up."""
+    home = tmp_path / "melodee-pg"
+    home.mkdir()
+    try:
+        server = start_server(home / "pgdata")
+        url = psycopg2_url(server.get_uri())
+        server.psql('CREATE DATABASE "dagster";')
+        dagster_url = psycopg2_url(server.get_uri("dagster"))
+        dirs = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
+        for p in dirs.values():
+            p.mkdir()
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        load_melodee_schema(engine)
+        with engine.begin() as conn:
+            add_library(conn, "In", "inbound", str(dirs["inbound"]))
+            add_library(conn, "St", "staging", str(dirs["staging"]))
+            set_setting(conn, "staging_scan.scan_db_data_path", str(dirs["scans"]))
+            set_setting(conn, "staging_scan.min_file_age_seconds", "0")
+            set_setting(conn, "staging_scan.dry_run", "false")
+        album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+        marker = tmp_path / "paused"
+        env = {**os.environ, "MELODEE_DATABASE_URL": url, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": dagster_url,
+               "MELODEE_HOME": str(tmp_path / "home"), "MELODEE_PAUSE_AT": "before_record", "MELODEE_PAUSE_FILE": str(marker)}
+        down = _run_with_outage_at_record(env, marker, server.cleanup)
+        assert down.returncode == 1, down.stderr[-3000:]
+        errors = [line for line in down.stderr.splitlines() if line.startswith("error:")]
+        assert errors == ["error: run failed: Dagster's storage database cannot be reached (too many retries for DB "
+                          "connection), so the run cannot record its steps. What it staged stays staged; the next run "
+                          "records the rows it owes."], down.stderr[-3000:]
+        assert len(list(dirs["staging"].rglob("album.melodee.json"))) == 1 and not list(dirs["inbound"].rglob("*.flac"))
+        start_server(home / "pgdata")
+        env.pop("MELODEE_PAUSE_AT")
+        again = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "run"], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM staging_items")).scalar() == 1
+    finally:
+        stop_embedded(home)

@@ -77,6 +77,11 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         if isinstance(exc, OSError):
             print(f"error: {redact(str(exc))}", file=sys.stderr)
             return 2
+        if type(exc).__name__ == "DagsterPostgresException":  # dagster-postgres gave up on its storage
+            print(f"error: run failed: Dagster's storage database cannot be reached ({redact(str(exc))}), so the run "
+                  "cannot record its steps. What it staged stays staged; the next run records the rows it owes.",
+                  file=sys.stderr)
+            return 1
         first = (str(exc).strip().splitlines() or [""])[0]
         print(f"error: unexpected {type(exc).__name__}: {redact(first)} (MELODEE_DEBUG=1 shows the traceback)",
               file=sys.stderr)
