@@ -58,22 +58,28 @@ def test_database_outage_at_record_retries_then_fails_clearly_and_next_run_heals
         stop_embedded(home)
 
 
-def _outage_at_record(home, tmp_path, db_url):
-    home.mkdir()
-    pgdata = home / "pgdata"
-    server = start_server(pgdata)
-    url = psycopg2_url(server.get_uri())
-    engine = sa.create_engine(url)
+def _melodee_with_libraries(engine: sa.Engine, tmp_path) -> dict:
+    """Melodee's own tables and seeds on a server a test will stop, with libraries and settings."""
     dirs = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
     for p in dirs.values():
         p.mkdir()
-    load_melodee_schema(engine)  # Melodee's own tables and seeds
+    load_melodee_schema(engine)
     with engine.begin() as conn:
         add_library(conn, "In", "inbound", str(dirs["inbound"]))
         add_library(conn, "St", "staging", str(dirs["staging"]))
         set_setting(conn, "staging_scan.scan_db_data_path", str(dirs["scans"]))
         set_setting(conn, "staging_scan.min_file_age_seconds", "0")
         set_setting(conn, "staging_scan.dry_run", "false")  # Melodee seeds true
+    return dirs
+
+
+def _outage_at_record(home, tmp_path, db_url):
+    home.mkdir()
+    pgdata = home / "pgdata"
+    server = start_server(pgdata)
+    url = psycopg2_url(server.get_uri())
+    engine = sa.create_engine(url)
+    dirs = _melodee_with_libraries(engine, tmp_path)
     engine.dispose()
     album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
     marker = tmp_path / "paused"
@@ -192,17 +198,8 @@ def test_dagster_storage_going_down_mid_run_is_one_clear_line_and_the_next_run_h
         url = psycopg2_url(server.get_uri())
         server.psql('CREATE DATABASE "dagster";')
         dagster_url = psycopg2_url(server.get_uri("dagster"))
-        dirs = {k: tmp_path / k for k in ("inbound", "staging", "scans")}
-        for p in dirs.values():
-            p.mkdir()
         engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        load_melodee_schema(engine)
-        with engine.begin() as conn:
-            add_library(conn, "In", "inbound", str(dirs["inbound"]))
-            add_library(conn, "St", "staging", str(dirs["staging"]))
-            set_setting(conn, "staging_scan.scan_db_data_path", str(dirs["scans"]))
-            set_setting(conn, "staging_scan.min_file_age_seconds", "0")
-            set_setting(conn, "staging_scan.dry_run", "false")
+        dirs = _melodee_with_libraries(engine, tmp_path)
         album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
         marker = tmp_path / "paused"
         env = {**os.environ, "MELODEE_DATABASE_URL": url, "DAGSTER_HOME": str(tmp_path / "dh"), "DAGSTER_PG_URL": dagster_url,
