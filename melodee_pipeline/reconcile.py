@@ -6,7 +6,9 @@ what happens to staging between runs is found here, on demand, at O(staging) cos
     removed, so there is no phantom album;
   - audio in an album directory that its sidecar does not list (copied there by hand) joins the
     sidecar when it reads as valid audio and has not changed for a minute; anything else is reported;
-  - a row that differs from its sidecar (a sidecar edited by hand) is updated;
+  - a row whose sidecar changed since it was written (a sidecar edited by hand: its checksum
+    differs from the row's) is updated; a row the admin edited in Melodee keeps the checksum,
+    so it stays as they left it;
   - a missing row was deleted by the admin (Melodee deletes rows on reject and on promote), so it
     is re-created only with `restore_deleted`;
   - rows whose album directory or sidecar is gone are counted, never deleted: rows are Melodee's.

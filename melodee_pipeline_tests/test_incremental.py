@@ -167,9 +167,13 @@ def test_reconcile_heals_hand_edits_and_restores_deleted_rows_only_when_asked(fi
     assert not (staging / "BEA").exists()  # sidecar and emptied directories gone
     assert {str(staging / BEA), str(staging / BAND)} <= set(got)  # rows are Melodee's: reported, kept
 
+    with engine.begin() as conn:  # the admin corrects a row in Melodee: their decision, not drift
+        conn.execute(sa.text("UPDATE staging_items SET album_name = 'IV (admin)' WHERE staging_path = :p"),
+                     {"p": str(staging / LZ)})
     assert main(["reconcile"]) == 0  # converged: nothing left to repair
     out = capsys.readouterr().out
     assert "  albums: 3 in staging, 2 unchanged, 0 unreadable\n" in out
+    assert rows(engine)[str(staging / LZ)][0] == "IV (admin)"
     assert "  sidecars: 0 rewritten without 0 missing file(s), 0 removed (no file left)\n" in out
 
     assert main(["reconcile", "--restore-deleted"]) == 0
