@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 import uuid
@@ -346,7 +347,7 @@ def test_staging_list_newest_first_truncated_and_filtered(env, engine, capsys):
     assert capsys.readouterr().out.strip().endswith("no staging items")
     rows = [("Old Artist", "Old Album", 2, "approved", "2020-01-01"),
             ("A" * 80, "B\u202e" + "C" * 80, 11, "pending_review", "2024-06-01"),
-            ("Mid", "Middle", 5, "rejected", "2022-01-01")]
+            ("坂本龍一", unicodedata.normalize("NFD", "Homogénic"), 5, "rejected", "2022-01-01")]
     with engine.begin() as conn:
         for i, (artist, name, tracks, status, at) in enumerate(rows):
             conn.execute(sa.text(
@@ -362,6 +363,9 @@ def test_staging_list_newest_first_truncated_and_filtered(env, engine, capsys):
     assert [line.endswith(gone) for line in lines[1:]] == [True, False, False]
     assert all(len(line) < 120 for line in lines)
     assert "A" * 23 + "…" in lines[1] and "\u202e" not in lines[1] and "pending_review" in lines[1]
+    # Columns line up on screen: four wide characters take eight columns; a decomposed é, one.
+    assert lines[2].startswith("坂本龍一" + " " * 16 + "  " + "Homogénic" + " " * 23 + "  " + " " * 5 + "5  rejected")
+    assert lines[0].index("STATUS") == lines[3].index("approved") == 24 + 2 + 32 + 2 + 6 + 2
     assert main(["staging", "list", "--status", "approved"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "Old Artist" in out[1]

@@ -151,8 +151,13 @@ def test_libraries_cli(env, melodee_db, tmp_path, capsys):
     assert main(["libraries", "add", "--name", "X", "--type", "staging", "--path", "relative"]) == 2
     assert main(["libraries", "add", "--name", "X", "--type", "staging", "--path", str(tmp_path / "missing")]) == 2
     capsys.readouterr()
+    (tmp_path / "st").mkdir()
+    assert main(["libraries", "add", "--name", "Staging area", "--type", "staging", "--path", str(tmp_path / "st")]) == 0
+    capsys.readouterr()
     assert main(["libraries", "list"]) == 0
-    assert "inbound" in capsys.readouterr().out
+    header, *listed = capsys.readouterr().out.splitlines()
+    assert header.split() == ["id", "type", "name", "path"] and [line.split()[1] for line in listed] == ["inbound", "staging"]
+    assert header.index("path") == listed[0].index(str(tmp_path)) == listed[1].index(str(tmp_path))  # in line
     assert main(["libraries", "remove", "1"]) == 0
     assert main(["libraries", "remove", "1"]) == 2
     assert "no library with id 1" in capsys.readouterr().err

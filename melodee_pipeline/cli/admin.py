@@ -39,10 +39,31 @@ def cmd_db_stop(args) -> int:
 STATUSES = ("pending_review", "approved", "rejected")
 
 
+def _columns(c: str) -> int:
+    """Terminal columns of one character: wide East Asian ones take two, combining marks none."""
+    if unicodedata.combining(c) or unicodedata.category(c) == "Me":
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
+def _width(text: str) -> int:
+    return sum(map(_columns, text))
+
+
 def _cell(text: object, width: int) -> str:
-    """One terminal cell: control and bidi-override characters made visible, cut to `width`."""
-    shown = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in str(text))
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
+    """One terminal cell `width` columns wide: control and bidi-override characters made visible,
+    cut with `…` or padded, by columns on screen (坂本龍一 takes eight), not by characters."""
+    shown = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in unicodedata.normalize("NFC", str(text)))
+    used = _width(shown)
+    if used > width:
+        out, used = [], 0
+        for c in shown:
+            if used + _columns(c) > width - 1:
+                break
+            out.append(c)
+            used += _columns(c)
+        shown, used = "".join(out) + "…", used + 1
+    return shown + " " * (width - used)
 
 
 def cmd_staging_list(args) -> int:
@@ -66,7 +87,7 @@ def cmd_staging_list(args) -> int:
     print(f"{'ARTIST':<24}  {'ALBUM':<32}  {'TRACKS':>6}  {'STATUS':<14}  STAGING PATH")
     for artist, album, tracks, status, path in rows:
         mark = "  (gone; see reconcile)" if path in gone and status == "pending_review" else ""
-        print(f"{_cell(artist, 24):<24}  {_cell(album, 32):<32}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096)}{mark}")
+        print(f"{_cell(artist, 24)}  {_cell(album, 32)}  {tracks or 0:>6}  {status:<14}  {_cell(path, 4096).rstrip()}{mark}")
     return 0
 
 
@@ -115,9 +136,10 @@ def cmd_libraries(args) -> int:
             if not libs:
                 print("no libraries configured")
             else:
-                print(f"{'id':>4}  {'type':<10}  name  path")
+                width = min(64, max(4, *(_width(lib.name) for lib in libs)))
+                print(f"{'id':>4}  {'type':<10}  {_cell('name', width)}  path")
             for lib in libs:
-                print(f"{lib.id:>4}  {lib.type:<10}  {lib.name}  {lib.path}{'  (locked)' if lib.is_locked else ''}")
+                print(f"{lib.id:>4}  {lib.type:<10}  {_cell(lib.name, width)}  {lib.path}{'  (locked)' if lib.is_locked else ''}")
         elif args.action == "add":
             lib = lb.add_library(conn, args.name, args.type, args.path)
             print(f"added {lib.type} library {lib.name!r} (id {lib.id}) at {lib.path}")
