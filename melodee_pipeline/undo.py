@@ -75,7 +75,7 @@ def _files(conn: sqlite3.Connection, group_id: str) -> list[ReturnFile]:
 
 
 def _albums(conn: sqlite3.Connection, staging_root: str, album: str | None) -> list[sqlite3.Row]:
-    rows = conn.execute("SELECT album_group_id, staging_dir FROM albums WHERE dry_run = 0 ORDER BY staging_dir").fetchall()
+    rows = conn.execute("SELECT album_group_id, staging_dir, previous_scan_id FROM albums WHERE dry_run = 0 ORDER BY staging_dir").fetchall()
     if album is None:
         return rows
     wanted = os.path.relpath(os.path.normpath(os.path.join(staging_root, album)), staging_root)
@@ -163,7 +163,7 @@ def _undo_album(conn: sqlite3.Connection, root: str, a: sqlite3.Row, scan_id: st
                                                   for f in todo])
     if not todo:
         return AlbumUndo(rel, "nothing to undo", "every file is back in inbound already" if not problems else "", problems=problems)
-    journal_undo(root, out, scan_id, inbound)
+    journal_undo(root, out, scan_id, inbound, a["previous_scan_id"])
     done = finish_undo(root, journal.read(root, rel))
     left = problems + done.problems  # the latter: files that changed between the plan and the move
     back = [f for f in done.files if f.how in (MOVE, COPY)]

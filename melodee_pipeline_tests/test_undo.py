@@ -122,7 +122,7 @@ def test_audio_copied_into_an_album_by_hand_keeps_it_in_view_after_its_tracks_ar
 
 def test_undo_a_run_that_merged_into_an_existing_album_takes_only_its_own_files(env, libs, engine, capsys):
     album(libs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
-    run(libs, engine)
+    first = run(libs, engine)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE staging_items SET status = 'rejected'"))  # reviewed: the later run reopens it
     folder = album(libs["inbound"], "Band", "Record", 2001, ["Three"], ".flac", folder="later", first_track=3, seed=3)[0].parent
@@ -140,6 +140,12 @@ def test_undo_a_run_that_merged_into_an_existing_album_takes_only_its_own_files(
     assert "album check: no cover image" in doc["validation"]["warnings"]
     assert_rows_match_sidecars(libs, engine)
     assert [(n, s) for n, s, _ in rows(engine).values()] == [(2, "pending_review")]
+    # The album is the first run's again, as its sidecar and row say: that run can be undone by it.
+    assert doc["scan_id"] == old["scan_id"] == first
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT scan_id FROM staging_items")).scalar() == first
+    assert main(["undo", "--scan", first]) == 0
+    assert not target.exists() and len(list(libs["inbound"].rglob("*.flac"))) == 3
 
 
 def test_undo_leaves_a_row_the_admin_deleted_deleted(env, libs, engine, capsys):

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS albums (
     staging_dir TEXT, status TEXT, error TEXT,
     tracks INTEGER, moved INTEGER, already_staged INTEGER, failed INTEGER, renamed INTEGER,
     total_size INTEGER, warnings TEXT, dry_run INTEGER
+    -- and ADDED_ALBUM_COLUMNS below
 );
 CREATE TABLE IF NOT EXISTS staged_files (
     file_id INTEGER PRIMARY KEY REFERENCES scanned_files(id),
@@ -85,6 +86,9 @@ ADDED_COLUMNS = {
     "track_total": "INTEGER",  # the total-tracks tag, for the reviewer's album checks
     "has_cover": "INTEGER",  # 1: the tags hold an image; NULL: unknown
 }
+ADDED_ALBUM_COLUMNS = {  # the same for albums (a remembered refusals' file made before them included)
+    "previous_scan_id": "TEXT",  # the album's sidecar stamp before this run restamped it: undo restores it
+}
 
 
 def connect(path: str | os.PathLike) -> sqlite3.Connection:
@@ -93,10 +97,11 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
-    have = {row[1] for row in conn.execute("PRAGMA table_info(scanned_files)")}
-    for name, declaration in ADDED_COLUMNS.items():
-        if name not in have:
-            conn.execute(f"ALTER TABLE scanned_files ADD COLUMN {name} {declaration}")
+    for table, added in (("scanned_files", ADDED_COLUMNS), ("albums", ADDED_ALBUM_COLUMNS)):
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in added.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
     return conn
 
 

@@ -71,6 +71,7 @@ class AlbumOutcome:
     tracks: int = 0
     total_size: int = 0
     pending_row: bool = False  # a journal entry awaits the record step
+    previous_scan_id: str | None = None  # the sidecar's stamp before this run restamped it
     album: Album | None = None  # None for an album finished from the journal
 
     def count(self, action: str) -> int:
@@ -359,6 +360,7 @@ def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir
         extract=any(a.placed for a in out.actions + out.extras) and _may_hold_cover(out.album),
     )
     out.tracks, out.total_size, out.checks = written.tracks, written.total_size, written.checks
+    out.previous_scan_id = written.previous_scan_id
     if written.changed or (prior is not None and prior.state in (journal.STAGED, journal.UNDONE)):
         journal.write(root, journal.Entry(out.album_dir, journal.STAGED, scan_id, info,
                                           gained=written.gained or bool(prior and prior.gained)))

@@ -167,9 +167,10 @@ def _save_outcome(conn: sqlite3.Connection, out: AlbumOutcome, dry_run: bool) ->
     a = out.album
     conn.execute(
         "INSERT OR REPLACE INTO albums(album_group_id, artist, album, year, staging_dir, status, error, tracks, moved, "
-        "already_staged, failed, renamed, total_size, warnings, dry_run) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "already_staged, failed, renamed, total_size, warnings, dry_run, previous_scan_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (a.group_id, a.artist, a.album, a.year, out.album_dir, out.status, out.error, out.tracks, out.moved,
-         out.count(ALREADY), out.failed, out.count(RENAME), out.total_size, "\n".join(out.warnings + out.checks) or None, int(dry_run)),
+         out.count(ALREADY), out.failed, out.count(RENAME), out.total_size, "\n".join(out.warnings + out.checks) or None, int(dry_run),
+         out.previous_scan_id),
     )
     for table, key, actions in (("staged_files", "file_id", out.actions), ("staged_extras", "extra_id", out.extras)):
         conn.executemany(

@@ -78,11 +78,12 @@ def extracted_cover(album_dir: str, scan_id: str) -> ReturnFile | None:
     return ReturnFile(b"", cover["file"], cover["checksum"], 0, None, False, REMOVE)
 
 
-def journal_undo(root: str, out: UndoOutcome, scan_id: str, inbound: str) -> None:
+def journal_undo(root: str, out: UndoOutcome, scan_id: str, inbound: str, previous_scan_id: str | None = None) -> None:
     """The plan, durable before the first file moves."""
     files = [journal.JournalFile(os.fsdecode(f.source), f.name, f.sha256, f.size, f.track, f.how)
              for f in out.files if f.how in WORK]
-    journal.write(root, journal.Entry(out.album_dir, journal.UNDOING, scan_id, {}, files, inbound=inbound))
+    journal.write(root, journal.Entry(out.album_dir, journal.UNDOING, scan_id, {}, files, inbound=inbound,
+                                      previous_scan_id=previous_scan_id or ""))
     faults.point("after_undo_journal")
 
 
@@ -123,8 +124,11 @@ def finish_undo(root: str, entry: journal.Entry) -> UndoOutcome:
     if os.path.isdir(album_dir):
         fsync_dir(album_dir)
         doc = sc.read(album_dir)
-        if doc is not None:  # its own stamp: the album's last real run is not this undo
-            write_sidecar(root, album_dir, str(doc.get("scan_id") or entry.scan_id), {}, temp_dir(root))
+        if doc is not None:  # the album's last real run, not this undo: the one before the undone run, if that
+            stamp = str(doc.get("scan_id") or entry.scan_id)  # was the last (else a later run's stays)
+            if stamp == entry.scan_id and entry.previous_scan_id:
+                stamp = entry.previous_scan_id
+            write_sidecar(root, album_dir, stamp, {}, temp_dir(root))
     journal.write(root, journal.Entry(entry.album_dir, journal.UNDONE, entry.scan_id, {}))
     return out
 
