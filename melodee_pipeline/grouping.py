@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ def normalize_album(album: str) -> str:
 
 
 def album_group_hash(artist: str | None, album_artist: str | None, album: str | None) -> str:
-    return (album_artist or artist or "").strip().lower() + "::" + normalize_album(album or "")
+    """NFC, so that a sidecar written with decomposed accents (before tags were read as NFC, or by
+    Go's processor) is the same album as the tracks of it scanned now."""
+    key = (album_artist or artist or "").strip().lower() + "::" + normalize_album(album or "")
+    return unicodedata.normalize("NFC", key)
 
 
 def vote_year(years: Counter) -> int:

@@ -208,6 +208,29 @@ def test_a_name_spelt_with_composed_and_decomposed_accents_is_one_album(dirs):
     assert sidecar.parent.name == unicodedata.normalize("NFC", "2001 - Début")
 
 
+def test_an_album_staged_with_decomposed_names_takes_the_same_album_tagged_composed(dirs):
+    """A sidecar and directories written before tags were read as NFC (or by Go's processor) in
+    `e` + U+0301: the next track of that album joins it, no `(2)` twin directory."""
+    import unicodedata
+
+    nfd = lambda text: unicodedata.normalize("NFD", text)  # noqa: E731
+    album(dirs["inbound"], "Beyoncé", "Café Songs", 2001, ["One"], ".mp3", seed=1)
+    cycle(dirs["inbound"], dirs["staging"], dirs["scans"])
+    (old,) = dirs["staging"].glob("*/*/*/album.melodee.json")
+    doc = json.loads(old.read_text())
+    doc["artist"]["name"], doc["album"]["name"] = nfd("Beyoncé"), nfd("Café Songs")
+    for track in doc["tracks"]:
+        track["file_path"] = nfd(track["file_path"])
+    old.write_text(json.dumps(doc))
+    artist_dir = old.parent.parent.rename(old.parent.parent.with_name(nfd("Beyoncé")))
+    (artist_dir / old.parent.name).rename(artist_dir / nfd(old.parent.name))
+    album(dirs["inbound"], "Beyoncé", "Café Songs", 2001, ["Two"], ".mp3", seed=2, first_track=2)
+    _scan, staged, _rows = cycle(dirs["inbound"], dirs["staging"], dirs["scans"])
+    assert (staged.albums_total, staged.files_moved) == (1, 1)
+    (merged,) = dirs["staging"].glob("*/*/*/album.melodee.json")
+    assert [t["name"] for t in json.loads(merged.read_text())["tracks"]] == ["One", "Two"]
+
+
 def test_process_scan_dry_run_says_planned_and_claims_no_album_checks(dirs, monkeypatch, capsys):
     from melodee_pipeline.cli import main
 
