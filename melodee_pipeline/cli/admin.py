@@ -53,7 +53,7 @@ def _width(text: str) -> int:
 def _cell(text: object, width: int) -> str:
     """One terminal cell `width` columns wide: control and bidi-override characters made visible,
     cut with `…` or padded, by columns on screen (坂本龍一 takes eight), not by characters."""
-    shown = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in unicodedata.normalize("NFC", str(text)))
+    shown = "".join("?" if unicodedata.category(c) in ("Cc", "Cf") else c for c in str(text))  # as on disk: pasteable
     used = _width(shown)
     if used > width:
         out, used = [], 0
