@@ -267,6 +267,8 @@ def test_connection_lost_mid_session_is_cannot_connect(engine):
         with pytest.raises(sa.exc.DBAPIError) as lost:
             conn.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
     assert isinstance(database_error(engine, lost.value), DatabaseUnavailable)
+    # Without an engine at hand (an op's catch-all): no URL, and no stray space where it would be.
+    assert str(database_error(None, lost.value)).startswith("cannot connect to database: ")
     with engine.connect() as conn:
         with pytest.raises(sa.exc.DBAPIError) as failed:
             conn.execute(sa.text("SELECT 1/0"))

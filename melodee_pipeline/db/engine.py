@@ -157,7 +157,7 @@ def database_error(engine: sa.Engine | None, exc: sa.exc.DBAPIError) -> Database
     first = reason[0].strip() if reason else type(exc).__name__
     url = engine.url.render_as_string(hide_password=True) if engine is not None else None
     if is_unreachable(exc):
-        return DatabaseUnavailable(f"cannot connect to database {url or ''}: {first}".replace("  ", " "))
+        return DatabaseUnavailable(f"cannot connect to database{' ' + url if url else ''}: {first}")
     where = f" in database {url}" if url else ""
     if getattr(exc.orig, "pgcode", None) == "42P01":  # undefined_table
         table = re.search(r'relation "([^"]+)"', first)
