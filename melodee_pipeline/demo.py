@@ -77,7 +77,8 @@ def prepare(home: Path) -> Demo:
     admin = sa.create_engine(embedded_url("postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)'))
+            for database in (DEMO_DATABASE, DEMO_DAGSTER_DATABASE):  # its rows and its run history
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
     finally:
         admin.dispose()
     url = embedded_url(DEMO_DATABASE)

@@ -208,7 +208,7 @@ def test_dry_run_of_two_new_albums_says_would_move_and_counts_the_rows_it_would_
     result = run({"dry_run": True})
     assert result.success
     stage = metadata(result, "stage_albums")
-    assert stage["files_to_move"] == 3 and "files_moved" not in stage
+    assert stage["files_to_move"] == 3 and "files_moved" not in stage and "albums_with_warnings" not in stage
     plan = stage["plan"]
     assert sorted(r.data["would_move"] for r in plan) == [1, 2] and "moved" not in plan[0].data
     assert "staging_items: would write 2 new and 0 updated rows" in result.log_messages

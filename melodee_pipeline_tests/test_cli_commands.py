@@ -254,8 +254,12 @@ def test_readme_first_steps_after_demo_on_a_fresh_machine(home, tmp_path):
     # staging_items would be the "latest" one the UI's asset check evaluates against real rows.
     assert cli(["settings", "set", "staging_scan.min_file_age_seconds", "0"], e).returncode == 0
     assert cli(["run"], e).returncode == 0
-    dagster = sa.create_engine(f"postgresql+psycopg2://postgres@/dagster?host={home / 'pgdata'}", poolclass=sa.pool.NullPool)
-    with dagster.connect() as conn:
+    def storage(database: str) -> sa.Engine:
+        return sa.create_engine(f"postgresql+psycopg2://postgres@/{database}?host={home / 'pgdata'}", poolclass=sa.pool.NullPool)
+
+    with storage("dagster_demo").connect() as conn:  # the demo's own, started over by each demo
+        assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
+    with storage("dagster").connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM runs")).scalar() == 1
         events = conn.execute(sa.text("SELECT event FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")).scalars().all()
     assert events and not any(str(home / "demo") in event for event in events)

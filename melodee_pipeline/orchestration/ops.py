@@ -150,6 +150,7 @@ def stage_albums(context: dg.OpExecutionContext, run: cycle.StagingRun, staging_
     counts = {k: v for k, v in asdict(result).items() if k != "seconds"}
     if run.dry_run:
         counts["files_to_move"] = counts.pop("files_moved")
+        del counts["albums_with_warnings"]  # a plan runs no album checks
     else:
         context.log_event(dg.AssetMaterialization(asset_key=assets.staging_library.key, metadata={
             **counts, "scan_id": run.scan_id, "path": dg.MetadataValue.path(run.staging_path)}))
