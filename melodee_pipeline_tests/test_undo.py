@@ -380,3 +380,37 @@ def test_a_rename_note_is_kept_while_its_file_is_there_whatever_the_inbound_path
     assert note_stands(note, ["01 - One.flac", "01 - One (2).flac"])
     assert not note_stands(note, ["01 - One.flac"])
     assert note_stands("album check: no cover image", [])
+
+
+def _stamp_and_tracks(libs, engine) -> tuple[str, list[str], str]:
+    [path] = list(libs["staging"].rglob(SIDECAR))
+    doc = json.loads(path.read_text())
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT scan_id FROM staging_items")).scalar()
+    return doc["scan_id"], [t["name"] for t in doc["tracks"]], row
+
+
+@pytest.mark.parametrize("order", ["BC", "CB"])
+def test_undoing_two_merges_in_either_order_names_the_run_whose_files_are_left(order, env, libs, engine, capsys):
+    album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
+    ids = {"A": run(libs, engine)}
+    for name, title, n in (("B", "Two", 2), ("C", "Three", 3)):
+        album(libs["inbound"], "Band", "Record", 2001, [title], ".flac", folder=f"later {n}", first_track=n, seed=n)
+        ids[name] = run(libs, engine)
+    assert _stamp_and_tracks(libs, engine) == (ids["C"], ["One", "Two", "Three"], ids["C"])
+    for name in order:
+        assert main(["undo", "--scan", ids[name]]) == 0, capsys.readouterr()
+    assert _stamp_and_tracks(libs, engine) == (ids["A"], ["One"], ids["A"])
+
+
+def test_a_merge_killed_after_its_sidecar_is_undone_back_to_the_run_before(env, libs, engine, capsys):
+    """The sidecar already names the killed run when the next run finishes its album from the
+    journal: the stamp before it comes from the journal, not from that sidecar."""
+    album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
+    first = run(libs, engine)
+    album(libs["inbound"], "Band", "Record", 2001, ["Two"], ".flac", folder="later", first_track=2, seed=2)
+    killed_id = Path(killed_mid_album(libs, "after_sidecar:1")).stem
+    assert main(["run"]) == 0  # finishes it from the journal
+    assert _stamp_and_tracks(libs, engine) == (killed_id, ["One", "Two"], killed_id)
+    assert main(["undo", "--scan", killed_id]) == 0, capsys.readouterr()
+    assert _stamp_and_tracks(libs, engine) == (first, ["One"], first)

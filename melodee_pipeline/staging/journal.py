@@ -54,7 +54,7 @@ class Entry:
     # without new tracks only refreshes a row that still exists.
     gained: bool = False
     inbound: str = ""  # undo only: the inbound root, where files go back to
-    previous_scan_id: str = ""  # undo only: the album's stamp before the undone run, restored with it
+    previous_scan_id: str = ""  # the sidecar's stamp before this run (moving), or the undone run (undoing)
 
 
 def journal_dir(staging_root: str) -> str:

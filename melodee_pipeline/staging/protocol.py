@@ -25,6 +25,7 @@ from melodee_pipeline.diskspace import free_bytes, free_space, mib
 from melodee_pipeline.errors import StagingFull, UserError
 from melodee_pipeline.scan.tags import display_path
 from melodee_pipeline.staging import journal
+from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.albumdir import is_regular, write_sidecar
 from melodee_pipeline.staging.extras import extra_name
 from melodee_pipeline.staging.moves import (
@@ -71,7 +72,7 @@ class AlbumOutcome:
     tracks: int = 0
     total_size: int = 0
     pending_row: bool = False  # a journal entry awaits the record step
-    previous_scan_id: str | None = None  # the sidecar's stamp before this run restamped it
+    previous_scan_id: str | None = None  # the sidecar's stamp when this run planned it: an undo restores it
     album: Album | None = None  # None for an album finished from the journal
 
     def count(self, action: str) -> int:
@@ -181,13 +182,24 @@ def journal_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, prior:
     row an earlier run left for this album keeps its `gained`."""
     if not any(a.action in (MOVE, RENAME) for a in out.actions + out.extras):
         return
+    out.previous_scan_id = _stamp(os.path.join(root, out.album_dir), scan_id)
     entry = journal.Entry(
         out.album_dir, journal.MOVING, scan_id, info,
         [journal.JournalFile(os.fsdecode(a.source), a.name, a.sha256, a.size, a.track, a.action) for a in out.actions + out.extras],
-        list(out.warnings), gained=bool(prior and prior.gained),
+        list(out.warnings), gained=bool(prior and prior.gained), previous_scan_id=out.previous_scan_id or "",
     )
     journal.write(root, entry)
     faults.point("after_journal")
+
+
+def _stamp(album_dir: str, scan_id: str) -> str | None:
+    """The run the album's sidecar names before this one adds to it (journaled: a crash after the
+    sidecar is rewritten must not lose it)."""
+    try:
+        stamp = (sc.read(album_dir) or {}).get("scan_id") if os.path.isdir(album_dir) else None
+    except ValueError:  # unreadable: this run's sidecar replaces it, with nothing to restore
+        return None
+    return str(stamp) if stamp and stamp != scan_id else None
 
 
 # 3. move
@@ -360,7 +372,7 @@ def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir
         extract=any(a.placed for a in out.actions + out.extras) and _may_hold_cover(out.album),
     )
     out.tracks, out.total_size, out.checks = written.tracks, written.total_size, written.checks
-    out.previous_scan_id = written.previous_scan_id
+    faults.point("after_sidecar")  # restamped, its journal entry still `moving`
     if written.changed or (prior is not None and prior.state in (journal.STAGED, journal.UNDONE)):
         journal.write(root, journal.Entry(out.album_dir, journal.STAGED, scan_id, info,
                                           gained=written.gained or bool(prior and prior.gained)))
@@ -391,7 +403,7 @@ def classify(out: AlbumOutcome) -> None:
 def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:
     """Finish an album a crash interrupted, from its journal entry alone: every journaled file
     ends in its sticky destination or stays in inbound; the sidecar lists exactly what is there."""
-    out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings))
+    out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings), previous_scan_id=entry.previous_scan_id or None)
     album_dir = os.path.join(root, entry.album_dir)
     ensure_inside(root, album_dir)  # the journal is a file in staging: trust none of its paths
     stuck: set[bytes] = set()  # folders with a track that stays in inbound: their extras stay too

@@ -73,6 +73,27 @@ def prepare_staging(staging_root: str, logger: logging.Logger, scan_db_dir: str 
     return recover_interrupted(staging_root, logger, scan_db_dir)
 
 
+class KeptCopies:
+    """Staged files whose inbound copy could not be deleted (a read-only inbound): counted per
+    reason, for one warning each, not only a line in each album's sidecar."""
+
+    def __init__(self) -> None:
+        self.reasons: Counter = Counter()
+        self.example: dict[str, bytes] = {}
+
+    def add(self, out: AlbumOutcome) -> None:
+        for a in out.actions + out.extras:
+            if a.kept:
+                self.reasons[a.kept] += 1
+                self.example.setdefault(a.kept, a.source)
+
+    def warn(self, logger: logging.Logger) -> None:
+        for reason, n in self.reasons.most_common():  # the bytes are safe; inbound is not being emptied
+            logger.warning(f"{n} staged file(s) could not be deleted from inbound ({reason}), e.g. "
+                           f"{display_path(self.example[reason])}: each is now in staging and still in inbound, and "
+                           "the next run finds it already staged and tries again; make inbound writable for this pipeline")
+
+
 def recover_interrupted(staging_root: str, logger: logging.Logger, scan_db_dir: str | None = None) -> set[str]:
     """Albums a killed run left half-moved, and albums a killed undo left half-returned."""
     found, problems = journal.entries(staging_root)
@@ -90,6 +111,7 @@ def recover_interrupted(staging_root: str, logger: logging.Logger, scan_db_dir: 
                        f"{undone.count(MOVE, COPY)} file(s) returned to inbound"
                        + (f"; {'; '.join(undone.problems)}" if undone.problems else ""))
     staged: set[str] = set()
+    kept = KeptCopies()
     for entry in (e for e in found if e.state == journal.MOVING):
         try:
             out = recover(staging_root, entry, temp_dir(staging_root))
@@ -100,11 +122,13 @@ def recover_interrupted(staging_root: str, logger: logging.Logger, scan_db_dir: 
                            "its journal entry stays for the next run")
             continue
         staged.update(a.sha256 for a in out.actions + out.extras if a.placed)
+        kept.add(out)
         logger.warning(f"finished interrupted album {entry.album_dir} from the journal: {out.tracks} track(s) present"
                        + (f"; {'; '.join(out.warnings)}" if out.warnings else ""))
         inbound = _record_in_its_scan(scan_db_dir, entry, out, logger) if scan_db_dir else None
         if inbound:
             _remove_empty_dirs({os.path.dirname(a.source) for a in out.actions + out.extras if a.placed}, os.fsencode(inbound))
+    kept.warn(logger)
     return staged
 
 
@@ -228,8 +252,7 @@ def stage_albums(
 
         totals = dict(albums=0, ok=0, failed=0, moved=0, already=0, renamed=0, files_failed=0, pending=0, warned=0, extras=0)
         failures: dict[str, int] = {}
-        kept: Counter = Counter()  # reason -> staged files whose inbound copy stays
-        kept_example: dict[str, bytes] = {}
+        kept = KeptCopies()
         inbound_root = os.fsencode(os.path.normpath(inbound)) if inbound and not dry_run else None
         progress = Progress()
         # A dry run only plans; a rate limit is one budget, which threads share and processes would not.
@@ -253,10 +276,7 @@ def stage_albums(
                 totals["pending"] += out.pending_row
                 totals["warned"] += bool(out.warnings or out.checks)
                 totals["extras"] += sum(1 for x in out.extras if x.placed and x.action != ALREADY)
-                for a in out.actions + out.extras:
-                    if a.kept:
-                        kept[a.kept] += 1
-                        kept_example.setdefault(a.kept, a.source)
+                kept.add(out)
                 if inbound_root is not None:  # now, while the workers stage the next batches
                     _remove_empty_dirs({os.path.dirname(a.source) for a in out.actions + out.extras if a.placed}, inbound_root)
                 if bad:
@@ -278,16 +298,13 @@ def stage_albums(
         seconds = time.monotonic() - started
         result = StageResult(totals["albums"], totals["ok"], totals["failed"], totals["moved"], totals["already"],
                              totals["renamed"], totals["files_failed"], len(recovered), totals["pending"], seconds,
-                             totals["warned"], totals["extras"], sum(kept.values()))
+                             totals["warned"], totals["extras"], sum(kept.reasons.values()))
         scandb.set_info(conn, staging_path=staging_root, dry_run=int(dry_run), staged=1, stage_seconds=f"{seconds:.3f}")
         conn.commit()
         # One line per reason, never one per album: the full list is the scan DB's `albums` table.
         for reason, n in sorted(failures.items(), key=lambda kv: -kv[1]):
             logger.warning(f"{n} album(s) not fully staged: {reason} (details in the scan DB's albums table)")
-        for reason, n in kept.most_common():  # the bytes are safe; inbound is not being emptied
-            logger.warning(f"{n} staged file(s) could not be deleted from inbound ({reason}), e.g. "
-                           f"{display_path(kept_example[reason])}: each is now in staging and still in inbound, and the "
-                           "next run finds it already staged and tries again; make inbound writable for this pipeline")
+        kept.warn(logger)
         verb = "planned" if dry_run else "staged"
         logger.info(f"{verb} {result.albums_total} albums ({result.albums_failed} failed): {result.files_moved} files "
                     f"{'to move' if dry_run else 'moved'}, {result.already_staged} already staged, {result.renamed} renamed, "
