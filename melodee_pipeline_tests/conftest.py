@@ -296,3 +296,17 @@ def staging_mode(request, monkeypatch):
 
         monkeypatch.setattr(stage, "PROCESS_MIN_ALBUMS", 1)
     return request.param
+
+
+def inbound_read_only(monkeypatch, inbound: Path) -> None:
+    """Deleting under `inbound` fails as on a read-only mount (root ignores permission bits)."""
+    import errno
+
+    root, real_unlink = os.fsencode(inbound), os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.fsencode(path).startswith(root + b"/"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)

@@ -15,7 +15,7 @@ from melodee_pipeline.grouping import group_albums
 from melodee_pipeline.samples import Tags, make_track
 from melodee_pipeline.scan.scanner import scan_inbound
 from melodee_pipeline.staging.stage import stage_albums
-from melodee_pipeline_tests.conftest import album, snapshot
+from melodee_pipeline_tests.conftest import album, inbound_read_only, snapshot
 
 
 def scanned(dirs) -> str:
@@ -161,20 +161,12 @@ def test_unwritable_scan_db_directory_is_a_clear_error(shared_dir):
 def test_an_inbound_that_cannot_be_emptied_is_one_warning_and_the_next_run_tries_again(dirs, monkeypatch, caplog):
     """A read-only inbound (a mount, an NFS export): the bytes are staged, the inbound copies stay,
     and the run says so once, with the reason and a path, not only in each album's sidecar."""
-    import errno
     import logging
 
     tracks = album(dirs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".mp3")
     (tracks[0].parent / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 not much of a picture")
-    before = snapshot(dirs["inbound"])
-    inbound, real_unlink = os.fsencode(dirs["inbound"]), os.unlink
-
-    def read_only(path, *args, **kwargs):
-        if os.fsencode(path).startswith(inbound + b"/"):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
-        return real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "unlink", read_only)
+    before, writable = snapshot(dirs["inbound"]), os.unlink
+    inbound_read_only(monkeypatch, dirs["inbound"])
     with caplog.at_level(logging.WARNING):
         result = stage_albums(scanned(dirs), str(dirs["staging"]), workers=2)
     assert (result.files_moved, result.inbound_kept, result.albums_failed) == (2, 3, 0)  # two tracks and the cover
@@ -184,7 +176,7 @@ def test_an_inbound_that_cannot_be_emptied_is_one_warning_and_the_next_run_tries
     assert snapshot(dirs["inbound"]) == before  # every byte where it was, and in staging too
     assert set(before.values()) <= set(snapshot(dirs["staging"]).values())
 
-    monkeypatch.setattr(os, "unlink", real_unlink)  # made writable: the next run empties it
+    monkeypatch.setattr(os, "unlink", writable)  # made writable: the next run empties it
     again = stage_albums(scanned(dirs), str(dirs["staging"]), workers=2)
     assert (again.already_staged, again.inbound_kept) == (2, 0)
     assert not list(dirs["inbound"].rglob("*.mp3"))

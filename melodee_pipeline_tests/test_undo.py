@@ -25,7 +25,7 @@ from melodee_pipeline.records import record_staging_items
 from melodee_pipeline.samples import embed_cover, png_bytes
 from melodee_pipeline.scan.scanner import scan_inbound
 from melodee_pipeline.staging.stage import prepare_staging, stage_albums
-from melodee_pipeline_tests.conftest import album, snapshot, tree
+from melodee_pipeline_tests.conftest import album, inbound_read_only, snapshot, tree
 
 SIDECAR = "album.melodee.json"
 LOG = b"EAC extraction logfile\r\n"
@@ -414,3 +414,15 @@ def test_a_merge_killed_after_its_sidecar_is_undone_back_to_the_run_before(env, 
     assert _stamp_and_tracks(libs, engine) == (killed_id, ["One", "Two"], killed_id)
     assert main(["undo", "--scan", killed_id]) == 0, capsys.readouterr()
     assert _stamp_and_tracks(libs, engine) == (first, ["One"], first)
+
+
+def test_an_album_recovery_finishes_whose_inbound_cannot_be_emptied_is_one_warning(env, libs, engine, monkeypatch, caplog):
+    album(libs["inbound"], "Band", "Record", 2001, ["One", "Two"], ".flac")
+    killed_mid_album(libs, "after_place:1")  # placed in staging, the inbound copies not yet deleted
+    before = snapshot(libs["inbound"])
+    inbound_read_only(monkeypatch, libs["inbound"])
+    with caplog.at_level(logging.WARNING):
+        prepare_staging(str(libs["staging"]), logging.getLogger("test"), str(libs["scandbs"]))
+    kept = [r.getMessage() for r in caplog.records if "could not be deleted from inbound" in r.getMessage()]
+    assert len(kept) == 1 and kept[0].startswith("2 staged file(s) could not be deleted from inbound (Read-only file system)")
+    assert snapshot(libs["inbound"]) == before and len(list(libs["staging"].rglob("*.flac"))) == 2
