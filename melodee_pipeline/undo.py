@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from contextlib import closing
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -23,12 +22,11 @@ from melodee_pipeline.errors import UserError
 from melodee_pipeline.records import RecordResult, existing_rows, settle_undone
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
-from melodee_pipeline.staging import sidecar as sc
 from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir
 from melodee_pipeline.staging.stage import prepare_staging
 from melodee_pipeline.staging.unstage import (
     BACK, COPY, DROP, GONE, MOVE, REMOVE, TAKEN, WORK, ReturnFile, UndoOutcome, decide, extracted_cover,
-    finish_undo, journal_undo,
+    finish_undo, journal_undo, splice_stamps,
 )
 
 log = logging.getLogger(__name__)
@@ -110,12 +108,14 @@ def undo_scan(engine: sa.Engine | None, scan_db: str, staging_root: str, *, albu
         if engine is not None:
             _settle(engine, root, result)
     statuses = _row_statuses(engine, [os.path.join(root, a["staging_dir"]) for a in albums])
+    undone: list[tuple[str, str | None]] = []
     try:
         for a in albums:
             done = _undo_album(conn, root, a, scan_id, inbound, statuses.get(os.path.join(root, a["staging_dir"])), dry_run)
             result.albums.append(done)
-            if not dry_run and done.status in ("undone", "partly undone"):
-                _splice_stamps(scan_db, root, a, scan_id, logger)
+            if not dry_run and (done.status in ("undone", "partly undone")
+                                or (done.status == "nothing to undo" and not done.problems)):  # a killed undo's
+                undone.append((a["staging_dir"], a["previous_scan_id"]))
             if not dry_run and done.status in ("undone", "partly undone"):
                 if engine is not None:
                     _settle(engine, root, result)
@@ -125,30 +125,8 @@ def undo_scan(engine: sa.Engine | None, scan_db: str, staging_root: str, *, albu
         conn.close()
         if not dry_run and inbound:
             remove_temp_dir(inbound)
+    splice_stamps(os.path.dirname(scan_db), scan_id, undone, logger)
     return result
-
-
-def _splice_stamps(scan_db: str, root: str, a: sqlite3.Row, scan_id: str, logger: logging.Logger) -> None:
-    """A later run's stamp stays on the album, but that run's record of the stamp before it named
-    this one: it now names the one before this, so undoing the later run restores a run whose files
-    are still there (A, B, C merged; B undone; then C undone: A, not B)."""
-    album_dir = os.path.join(root, a["staging_dir"])
-    try:
-        stamp = (sc.read(album_dir) or {}).get("scan_id") if os.path.isdir(album_dir) else None
-    except ValueError:
-        return
-    if not stamp or stamp == scan_id or not scandb.is_scan_id(str(stamp)):
-        return
-    later = os.path.join(os.path.dirname(scan_db), f"{stamp}.db")
-    if not os.path.isfile(later):
-        return  # pruned: that run cannot be undone anyway
-    try:
-        with closing(scandb.connect(later)) as conn, conn:
-            conn.execute("UPDATE albums SET previous_scan_id = ? WHERE staging_dir = ? AND previous_scan_id = ?",
-                         (a["previous_scan_id"], a["staging_dir"], scan_id))
-    except sqlite3.Error as exc:
-        logger.warning(f"could not update {later} for {a['staging_dir']}: {exc}; undoing that run would leave its "
-                       f"album naming {scan_id}")
 
 
 def _row_statuses(engine: sa.Engine | None, paths: list[str]) -> dict[str, str]:

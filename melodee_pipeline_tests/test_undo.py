@@ -390,17 +390,70 @@ def _stamp_and_tracks(libs, engine) -> tuple[str, list[str], str]:
     return doc["scan_id"], [t["name"] for t in doc["tracks"]], row
 
 
-@pytest.mark.parametrize("order", ["BC", "CB"])
-def test_undoing_two_merges_in_either_order_names_the_run_whose_files_are_left(order, env, libs, engine, capsys):
+def _merged(libs, engine, later: str) -> dict[str, str]:
+    """Run A stages track One; each later run (B, C, ...) merges one more track into the album."""
     album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
     ids = {"A": run(libs, engine)}
-    for name, title, n in (("B", "Two", 2), ("C", "Three", 3)):
-        album(libs["inbound"], "Band", "Record", 2001, [title], ".flac", folder=f"later {n}", first_track=n, seed=n)
+    for n, name in enumerate(later, 2):
+        album(libs["inbound"], "Band", "Record", 2001, [f"Track {n}"], ".flac", folder=f"later {n}", first_track=n, seed=n)
         ids[name] = run(libs, engine)
-    assert _stamp_and_tracks(libs, engine) == (ids["C"], ["One", "Two", "Three"], ids["C"])
+    return ids
+
+
+@pytest.mark.parametrize("later,order", [("BC", "BC"), ("BC", "CB"), ("BCD", "BDC"), ("BCD", "CBD")])
+def test_undoing_merges_in_any_order_names_the_run_whose_files_are_left(later, order, env, libs, engine, capsys):
+    ids = _merged(libs, engine, later)
+    assert _stamp_and_tracks(libs, engine) == (ids[later[-1]], ["One"] + [f"Track {n}" for n in range(2, len(later) + 2)],
+                                               ids[later[-1]])
     for name in order:
         assert main(["undo", "--scan", ids[name]]) == 0, capsys.readouterr()
     assert _stamp_and_tracks(libs, engine) == (ids["A"], ["One"], ids["A"])
+
+
+def test_a_killed_undo_under_a_later_run_still_lets_that_run_be_undone_back_to_the_first(env, libs, engine, capsys):
+    ids = _merged(libs, engine, "BC")
+    killed = subprocess.run([sys.executable, "-m", "melodee_pipeline.cli", "undo", "--scan", ids["B"]],
+                            env={**os.environ, "MELODEE_CRASH_AT": "after_return:1"}, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # The next run finishes the undo from the journal before it reads inbound (where B's track is
+    # back, so that run would stage it again, as a new run).
+    prepare_staging(str(libs["staging"]), logging.getLogger("test"), str(libs["scandbs"]))
+    assert main(["undo", "--scan", ids["C"]]) == 0, capsys.readouterr()
+    assert _stamp_and_tracks(libs, engine) == (ids["A"], ["One"], ids["A"])
+
+
+def test_a_run_that_only_writes_a_cover_again_is_undone_back_to_the_stamp_before(env, libs, engine, capsys):
+    """Nothing moves (the track is already staged), so nothing is journaled, but the sidecar is
+    rewritten (the cover taken from the tags again, deleted by hand): its stamp before is kept too."""
+    tracks = album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
+    embed_cover(str(tracks[0]), png_bytes(9))
+    same = tracks[0].read_bytes()
+    first = run(libs, engine)
+    [sidecar] = list(libs["staging"].rglob(SIDECAR))
+    for image in [p for p in sidecar.parent.iterdir() if p.suffix in (".png", ".jpg")]:
+        image.unlink()
+    tracks[0].parent.mkdir(parents=True, exist_ok=True)
+    tracks[0].write_bytes(same)  # dropped again: already staged
+    second = run(libs, engine)
+    assert json.loads(sidecar.read_text())["scan_id"] == second
+    assert main(["undo", "--scan", second]) == 0, capsys.readouterr()
+    assert _stamp_and_tracks(libs, engine) == (first, ["One"], first)
+
+
+def test_a_moving_entry_of_the_previous_version_still_undoes_back_to_the_stamp_before(env, libs, engine, capsys):
+    """Entries written before the stamp was journaled have no `previous_scan_id`: recovery reads
+    the sidecar, as that version did (right when the kill came before the sidecar's rewrite)."""
+    album(libs["inbound"], "Band", "Record", 2001, ["One"], ".flac")
+    first = run(libs, engine)
+    album(libs["inbound"], "Band", "Record", 2001, ["Two"], ".flac", folder="later", first_track=2, seed=2)
+    killed_id = Path(killed_mid_album(libs, "before_sidecar:1")).stem
+    for entry in (libs["staging"] / ".melodee-journal").glob("*.json"):
+        doc = json.loads(entry.read_text())
+        assert doc.pop("previous_scan_id") == first
+        entry.write_text(json.dumps(doc))
+    assert main(["run"]) == 0  # finishes it from the journal
+    assert main(["undo", "--scan", killed_id]) == 0, capsys.readouterr()
+    assert _stamp_and_tracks(libs, engine) == (first, ["One"], first)
 
 
 def test_a_merge_killed_after_its_sidecar_is_undone_back_to_the_run_before(env, libs, engine, capsys):

@@ -182,7 +182,7 @@ def _check_template(path: str) -> None:
         raise sqlite3.DatabaseError("not remembered refusals")
 
 
-def _oldest_first(directory: str) -> list[Path]:
+def oldest_first(directory: str) -> list[Path]:
     """The scan DBs in `directory` in creation order (name, then mtime): two scans in one second
     differ only in their random id."""
     dbs = [p for p in Path(directory).glob(f"{PREFIX}*.db") if p.is_file()]
@@ -191,7 +191,7 @@ def _oldest_first(directory: str) -> list[Path]:
 
 def newest(directory: str) -> str:
     """The newest scan DB of a completed scan in `directory` (else the newest: one was killed)."""
-    dbs = _oldest_first(directory) if os.path.isdir(directory) else []
+    dbs = oldest_first(directory) if os.path.isdir(directory) else []
     if not dbs:
         raise UserError(f"no scan database in {directory}")
     for db in reversed(dbs):
@@ -220,7 +220,7 @@ def delete(path: str) -> None:
 def prune(directory: str, keep: int, current: str) -> list[str]:
     """Delete all but the newest `keep` scan DBs; `current` is always kept. Scan DBs whose
     creation was killed (`.part`, older than an hour) go too."""
-    dbs = [p for p in _oldest_first(directory) if str(p) != current]
+    dbs = [p for p in oldest_first(directory) if str(p) != current]
     removed = []
     for p in dbs[: max(0, len(dbs) - (keep - 1))]:
         delete(str(p))

@@ -25,6 +25,7 @@ class Written:
     tracks: int = 0
     total_size: int = 0
     checks: list[str] = field(default_factory=list)
+    previous_scan_id: str | None = None  # the stamp this write replaced
 
 
 def is_regular(path: str) -> bool:
@@ -70,6 +71,8 @@ def write_sidecar(root: str, album_dir: str, scan_id: str, info: dict, tmp_dir: 
     written = Written(gained=added > 0, tracks=len(doc["tracks"]), checks=refresh_checks(album_dir, doc, cover),
                       total_size=sum(int(t.get("file_size") or 0) for t in doc["tracks"]))
     if _fingerprint(doc) != before:
+        if existing and existing.get("scan_id") != scan_id:
+            written.previous_scan_id = existing.get("scan_id")
         sc.stamp(doc, scan_id)
         sc.write_atomic(album_dir, doc, tmp_dir)
         written.changed = True

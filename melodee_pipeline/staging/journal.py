@@ -54,7 +54,9 @@ class Entry:
     # without new tracks only refreshes a row that still exists.
     gained: bool = False
     inbound: str = ""  # undo only: the inbound root, where files go back to
-    previous_scan_id: str = ""  # the sidecar's stamp before this run (moving), or the undone run (undoing)
+    # The sidecar's stamp before this run (moving), or before the undone run (undoing); "" none,
+    # None an entry of a version that did not record it.
+    previous_scan_id: str | None = None
 
 
 def journal_dir(staging_root: str) -> str:

@@ -372,6 +372,9 @@ def finish_album(root: str, out: AlbumOutcome, scan_id: str, info: dict, tmp_dir
         extract=any(a.placed for a in out.actions + out.extras) and _may_hold_cover(out.album),
     )
     out.tracks, out.total_size, out.checks = written.tracks, written.total_size, written.checks
+    # Journaled with the plan when files moved (a kill after this write keeps it); else (only files
+    # already staged, a cover written again) the stamp this write replaced.
+    out.previous_scan_id = out.previous_scan_id or written.previous_scan_id
     faults.point("after_sidecar")  # restamped, its journal entry still `moving`
     if written.changed or (prior is not None and prior.state in (journal.STAGED, journal.UNDONE)):
         journal.write(root, journal.Entry(out.album_dir, journal.STAGED, scan_id, info,
@@ -403,7 +406,10 @@ def classify(out: AlbumOutcome) -> None:
 def recover(root: str, entry: journal.Entry, tmp_dir: str) -> AlbumOutcome:
     """Finish an album a crash interrupted, from its journal entry alone: every journaled file
     ends in its sticky destination or stays in inbound; the sidecar lists exactly what is there."""
-    out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings), previous_scan_id=entry.previous_scan_id or None)
+    previous = entry.previous_scan_id  # None: an entry of an older version, which did not journal it
+    if previous is None:
+        previous = _stamp(os.path.join(root, entry.album_dir), entry.scan_id)
+    out = AlbumOutcome(entry.album_dir, warnings=list(entry.warnings), previous_scan_id=previous or None)
     album_dir = os.path.join(root, entry.album_dir)
     ensure_inside(root, album_dir)  # the journal is a file in staging: trust none of its paths
     stuck: set[bytes] = set()  # folders with a track that stays in inbound: their extras stay too

@@ -31,7 +31,7 @@ from melodee_pipeline.staging.protocol import ALBUM_ERRORS, ALREADY, RENAME, Alb
 from melodee_pipeline.staging.protocol import MOVE as STAGED_BY_MOVE
 from melodee_pipeline.staging.ratelimit import RateLimiter
 from melodee_pipeline.staging.stager import BATCH_ALBUMS, AlbumStager
-from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo
+from melodee_pipeline.staging.unstage import COPY, MOVE, finish_undo, splice_stamps
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ def recover_interrupted(staging_root: str, logger: logging.Logger, scan_db_dir: 
         except ALBUM_ERRORS as exc:
             logger.warning(f"could not finish the interrupted undo of {entry.album_dir}: {type(exc).__name__}: {exc}")
             continue
+        if entry.previous_scan_id is not None:  # None: an older version's entry, which did not record it
+            splice_stamps(scan_db_dir, entry.scan_id, [(entry.album_dir, entry.previous_scan_id)], logger)
         logger.warning(f"finished interrupted undo of {entry.album_dir} from the journal: "
                        f"{undone.count(MOVE, COPY)} file(s) returned to inbound"
                        + (f"; {'; '.join(undone.problems)}" if undone.problems else ""))

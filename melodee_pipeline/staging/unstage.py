@@ -14,10 +14,14 @@ next undo or staging run.
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from melodee_pipeline import faults
+from melodee_pipeline.scan import scandb
 from melodee_pipeline.scan.tags import display_path
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging import sidecar as sc
@@ -131,6 +135,24 @@ def finish_undo(root: str, entry: journal.Entry) -> UndoOutcome:
             write_sidecar(root, album_dir, stamp, {}, temp_dir(root))
     journal.write(root, journal.Entry(entry.album_dir, journal.UNDONE, entry.scan_id, {}))
     return out
+
+
+def splice_stamps(scan_db_dir: str | None, undone: str, albums: list[tuple[str, str | None]],
+                  logger: logging.Logger) -> None:
+    """`albums`: (album directory, its stamp before `undone`) of an undo. Runs that merged into
+    them after `undone` recorded it as the stamp before theirs: they now record the one before it,
+    so undoing them too names a run whose files are left (A, B, C, D merged; B undone, then D,
+    then C: A). Every kept scan DB, once an undo; idempotent, so a finished killed undo repeats it."""
+    if not scan_db_dir or not albums or not os.path.isdir(scan_db_dir):
+        return
+    for path in scandb.oldest_first(scan_db_dir):
+        try:
+            with closing(scandb.connect(path)) as conn, conn:
+                conn.executemany("UPDATE albums SET previous_scan_id = ? WHERE staging_dir = ? AND previous_scan_id = ?",
+                                 [(previous or None, album_dir, undone) for album_dir, previous in albums])
+        except sqlite3.Error as exc:
+            logger.warning(f"could not update {path} after the undo of {undone}: {exc}; an undo of that scan "
+                           f"would leave its albums naming {undone}")
 
 
 def _problem(f: ReturnFile) -> str:
