@@ -23,6 +23,7 @@ from melodee_pipeline.records import RecordResult, existing_rows, settle_undone
 from melodee_pipeline.scan import scandb
 from melodee_pipeline.staging import journal
 from melodee_pipeline.staging.moves import clear_temp_dir, remove_temp_dir
+from melodee_pipeline.staging.protocol import ALBUM_ERRORS
 from melodee_pipeline.staging.stage import prepare_staging
 from melodee_pipeline.staging.unstage import (
     BACK, COPY, DROP, GONE, MOVE, REMOVE, TAKEN, WORK, ReturnFile, UndoOutcome, decide, extracted_cover,
@@ -36,7 +37,7 @@ _STAGED = ("move", "rename", "already_staged")
 @dataclass
 class AlbumUndo:
     album_dir: str  # relative to the staging root
-    status: str  # undone | partly undone | nothing to undo | refused | planned
+    status: str  # undone | partly undone | nothing to undo | refused | failed | planned
     reason: str = ""
     returned: int = 0  # files back in inbound (or to go back, on a dry run)
     tracks: int = 0  # of them, tracks: what a run counts as moved (the rest: covers, logs, cue sheets)
@@ -111,7 +112,11 @@ def undo_scan(engine: sa.Engine | None, scan_db: str, staging_root: str, *, albu
     undone: list[tuple[str, str | None]] = []
     try:
         for a in albums:
-            done = _undo_album(conn, root, a, scan_id, inbound, statuses.get(os.path.join(root, a["staging_dir"])), dry_run)
+            try:
+                done = _undo_album(conn, root, a, scan_id, inbound, statuses.get(os.path.join(root, a["staging_dir"])), dry_run)
+            except ALBUM_ERRORS as exc:  # this album alone (an inbound folder it cannot write to): the others go on
+                done = AlbumUndo(a["staging_dir"], "failed", f"{type(exc).__name__}: {exc}; a journal entry begun for "
+                                 "it is finished by the next undo or run")
             result.albums.append(done)
             if not dry_run and (done.status in ("undone", "partly undone")
                                 or (done.status == "nothing to undo" and not done.problems)):  # a killed undo's
@@ -189,6 +194,9 @@ def how_text(how: str) -> str:
             DROP: "already back in inbound; the staged name goes", REMOVE: "cover written from the tags; removed",
             BACK: "already back in inbound", TAKEN: "stays staged: its inbound path now holds another file",
             GONE: "no longer the staged file (changed or removed); nothing to return"}[how]
+
+
+NOT_UNDONE = ("refused", "failed")  # an undo with such an album exits 1 (its run fails), after the others
 
 
 def plan_lines(result: UndoResult) -> list[str]:

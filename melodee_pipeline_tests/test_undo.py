@@ -479,3 +479,19 @@ def test_an_album_recovery_finishes_whose_inbound_cannot_be_emptied_is_one_warni
     kept = [r.getMessage() for r in caplog.records if "could not be deleted from inbound" in r.getMessage()]
     assert len(kept) == 1 and kept[0].startswith("2 staged file(s) could not be deleted from inbound (Read-only file system)")
     assert snapshot(libs["inbound"]) == before and len(list(libs["staging"].rglob("*.flac"))) == 2
+
+
+def test_an_album_whose_undo_fails_fails_alone_and_a_second_undo_finishes_it(env, libs, engine, capsys):
+    two_albums(libs)
+    inbound_before = snapshot(libs["inbound"])
+    scan_id = run(libs, engine)
+    blocked = libs["inbound"] / "Band - Record"
+    blocked.write_text("a file where the album's inbound folder was")  # its files cannot go back
+    assert main(["undo", "--scan", scan_id]) == 1
+    out = capsys.readouterr().out
+    assert "failed          BAN/Band/2001 - Record: NotADirectoryError: " in out
+    assert "undone          OTH/Other/1999 - Art: 1 file(s) returned" in out  # the other goes on
+    assert (libs["inbound"] / "Other - Art").is_dir() and (libs["staging"] / "BAN/Band/2001 - Record/01 - One.flac").exists()
+    blocked.unlink()  # the admin clears the way
+    assert main(["undo", "--scan", scan_id]) == 0, capsys.readouterr().out
+    assert snapshot(libs["inbound"]) == inbound_before

@@ -15,7 +15,7 @@ def cmd_undo(args) -> int:
     from melodee_pipeline.db.engine import reported
     from melodee_pipeline.lock import staging_lock
     from melodee_pipeline.scan.scandb import find_scan_db
-    from melodee_pipeline.undo import plan_lines, returned_text, undo_scan
+    from melodee_pipeline.undo import NOT_UNDONE, plan_lines, returned_text, undo_scan
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     engine = database.engine()
@@ -30,7 +30,7 @@ def cmd_undo(args) -> int:
     print(f"scan {result.scan_id}: {len(result.albums)} album(s), {returned_text(result.returned, result.tracks)} "
           + ("to return to inbound [dry run: nothing moved]" if args.dry_run else
              f"returned to inbound; staging_items: {rows.updated} rewritten, {rows.removed} removed"))
-    return 1 if any(a.status == "refused" for a in result.albums) else 0
+    return 1 if any(a.status in NOT_UNDONE for a in result.albums) else 0
 
 
 def cmd_reconcile(args) -> int:

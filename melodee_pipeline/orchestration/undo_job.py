@@ -8,7 +8,7 @@ from melodee_pipeline import cycle
 from melodee_pipeline.orchestration.ops import hard_failure
 from melodee_pipeline.orchestration.resources import MelodeeDatabase, StagingRunLock
 from melodee_pipeline.scan.scandb import find_scan_db
-from melodee_pipeline.undo import plan_lines, undo_scan
+from melodee_pipeline.undo import NOT_UNDONE, plan_lines, undo_scan
 
 
 class UndoConfig(dg.Config):
@@ -29,7 +29,7 @@ def undo_staging(context: dg.OpExecutionContext, config: UndoConfig, database: M
                            dry_run=config.dry_run, logger=context.log)
     for line in plan_lines(result):
         context.log.info(line)
-    refused = [a for a in result.albums if a.status == "refused"]
+    refused = [a for a in result.albums if a.status in NOT_UNDONE]
     summary = {"scan_id": result.scan_id, "dry_run": config.dry_run, "albums": len(result.albums),
                "files_returned": result.returned, "tracks_returned": result.tracks, "rows_rewritten": result.rows.updated, "rows_removed": result.rows.removed,
                "refused": len(refused)}
