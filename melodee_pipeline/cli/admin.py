@@ -58,10 +58,11 @@ def _cell(text: object, width: int) -> str:
     if used > width:
         out, used = [], 0
         for c in shown:
-            if used + _columns(c) > width - 1:
+            cols = _columns(c)
+            if used + cols > width - 1:
                 break
             out.append(c)
-            used += _columns(c)
+            used += cols
         shown, used = "".join(out) + "…", used + 1
     return shown + " " * (width - used)
 
